@@ -1,0 +1,179 @@
+"""A small async 9P2000.L client on the same codec, for tests and scripts.
+
+>>> async with await Client.connect_unix("/run/ninep.sock") as c:
+...     root = await c.attach()
+...     fid = await c.walk_open(root, ["etc", "hostname"])
+...     data = await c.read(fid, 0, 4096)
+
+Requests may be issued concurrently; replies are matched by tag.  An Rlerror
+raises ``OSError(ecode)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import os
+import struct
+from typing import Any
+
+from .protocol import ninep as p
+
+_SIZE = struct.Struct("<I")
+
+
+class Client:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.msize = 8192
+        self._tags = itertools.cycle(range(0, 0xFFFF))
+        self._fids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    # --- connection -----------------------------------------------------------------
+
+    @classmethod
+    async def connect_unix(cls, path: str, msize: int = 512000) -> Client:
+        r, w = await asyncio.open_unix_connection(path, limit=msize + 4096)
+        c = cls(r, w)
+        await c.version(msize)
+        return c
+
+    @classmethod
+    async def connect_tcp(cls, host: str, port: int, msize: int = 512000) -> Client:
+        r, w = await asyncio.open_connection(host, port, limit=msize + 4096)
+        c = cls(r, w)
+        await c.version(msize)
+        return c
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, OSError):
+            pass
+        self._reader_task.cancel()
+        await asyncio.gather(self._reader_task, return_exceptions=True)
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                head = await self.reader.readexactly(4)
+                (size,) = _SIZE.unpack(head)
+                frame = head + await self.reader.readexactly(size - 4)
+                tag, msg = p.decode(frame)
+                fut = self._pending.pop(tag, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+        except (asyncio.IncompleteReadError, ConnectionError, p.ProtocolError) as exc:
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionError(f"connection lost: {exc}"))
+            self._pending.clear()
+
+    # --- raw requests --------------------------------------------------------------------
+
+    def new_fid(self) -> int:
+        return next(self._fids)
+
+    def send_raw(self, frame: bytes) -> None:
+        self.writer.write(frame)
+
+    def start(self, msg: Any, tag: int | None = None) -> tuple[int, asyncio.Future]:
+        """Send *msg* without waiting; returns (tag, future of the reply message)."""
+        if tag is None:
+            tag = next(self._tags)
+            while tag in self._pending:
+                tag = next(self._tags)
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[tag] = fut
+        self.writer.write(p.encode(msg, tag))
+        return tag, fut
+
+    async def rpc(self, msg: Any) -> Any:
+        _, fut = self.start(msg)
+        reply = await fut
+        if isinstance(reply, p.Rlerror):
+            raise OSError(reply.ecode, f"{type(msg).__name__}: {os.strerror(reply.ecode)}")
+        return reply
+
+    # --- conveniences --------------------------------------------------------------------
+
+    async def version(self, msize: int = 512000, version: str = p.VERSION_9P2000L) -> p.Rversion:
+        _, fut = self.start(p.Tversion(msize, version), tag=p.NOTAG)
+        reply = await fut
+        self.msize = reply.msize
+        return reply
+
+    async def attach(self, uname: str = "root", n_uname: int = 0, aname: str = "") -> int:
+        fid = self.new_fid()
+        await self.rpc(p.Tattach(fid, p.NOFID, uname, aname, n_uname))
+        return fid
+
+    async def walk(self, fid: int, names: list[str], newfid: int | None = None) -> int:
+        newfid = self.new_fid() if newfid is None else newfid
+        reply = await self.rpc(p.Twalk(fid, newfid, names))
+        if len(reply.wqids) != len(names):
+            raise OSError(errno.ENOENT, f"walk stopped after {len(reply.wqids)} of {names}")
+        return newfid
+
+    async def clunk(self, fid: int) -> None:
+        await self.rpc(p.Tclunk(fid))
+
+    async def open(self, fid: int, flags: int = p.DOTL_RDONLY) -> p.Rlopen:
+        return await self.rpc(p.Tlopen(fid, flags))
+
+    async def walk_open(self, fid: int, names: list[str], flags: int = p.DOTL_RDONLY) -> int:
+        newfid = await self.walk(fid, names)
+        await self.open(newfid, flags)
+        return newfid
+
+    async def create(self, dfid: int, name: str, flags: int = p.DOTL_RDWR, mode: int = 0o644,
+                     gid: int = 0) -> tuple[int, p.Rlcreate]:
+        """Create *name* in *dfid*'s directory with a fresh fid; returns (fid, reply)."""
+        fid = await self.walk(dfid, [])
+        return fid, await self.rpc(p.Tlcreate(fid, name, flags, mode, gid))
+
+    async def read(self, fid: int, offset: int, count: int) -> bytes:
+        return (await self.rpc(p.Tread(fid, offset, count))).data
+
+    async def write(self, fid: int, offset: int, data: bytes) -> int:
+        return (await self.rpc(p.Twrite(fid, offset, data))).count
+
+    async def read_all(self, fid: int) -> bytes:
+        out = bytearray()
+        chunk = self.msize - p.IOHDRSZ
+        while True:
+            data = await self.read(fid, len(out), chunk)
+            if not data:
+                return bytes(out)
+            out += data
+
+    async def getattr(self, fid: int, mask: int = p.GETATTR_ALL) -> p.Rgetattr:
+        return await self.rpc(p.Tgetattr(fid, mask))
+
+    async def readdir_all(self, fid: int, count: int = 8192) -> list[tuple[p.Qid, int, int, str]]:
+        entries = []
+        offset = 0
+        while True:
+            data = (await self.rpc(p.Treaddir(fid, offset, count))).data
+            if not data:
+                return entries
+            batch = p.decode_dirents(data)
+            entries.extend(batch)
+            offset = batch[-1][1]
+
+    async def mkdir(self, dfid: int, name: str, mode: int = 0o755, gid: int = 0) -> p.Qid:
+        return (await self.rpc(p.Tmkdir(dfid, name, mode, gid))).qid
+
+    async def unlinkat(self, dfid: int, name: str, flags: int = 0) -> None:
+        await self.rpc(p.Tunlinkat(dfid, name, flags))

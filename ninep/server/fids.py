@@ -1,0 +1,72 @@
+"""The per-session fid table and what a fid can be."""
+
+from __future__ import annotations
+
+import errno
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class FidKind(enum.Enum):
+    NODE = "node"  # walked or attached, not open
+    OPEN = "open"  # Tlopen/Tlcreate done: reads, writes, readdir
+    XATTR_READ = "xattr-read"  # Txattrwalk result: Tread returns the value
+    XATTR_WRITE = "xattr-write"  # Txattrcreate: Twrite fills the value, clunk sets it
+
+
+@dataclass(slots=True)
+class Fid:
+    node: Any
+    uid: int
+    kind: FidKind = FidKind.NODE
+    is_dir: bool = False
+    open_flags: int = 0
+    xattr_name: str = ""
+    xattr_value: bytearray = field(default_factory=bytearray)
+    xattr_size: int = 0
+    xattr_flags: int = 0
+
+
+class FidTable:
+    """fid number -> :class:`Fid`, with a cap and 9P's errors.
+
+    An unknown fid is EBADF; a fid number already in use is EBADF too.
+    """
+
+    def __init__(self, max_fids: int) -> None:
+        self._fids: dict[int, Fid] = {}
+        self.max_fids = max_fids
+
+    def __len__(self) -> int:
+        return len(self._fids)
+
+    def get(self, fid: int) -> Fid:
+        try:
+            return self._fids[fid]
+        except KeyError:
+            raise OSError(errno.EBADF, f"unknown fid {fid}") from None
+
+    def check_free(self, fid: int) -> None:
+        if fid in self._fids:
+            raise OSError(errno.EBADF, f"fid {fid} already in use")
+        if len(self._fids) >= self.max_fids:
+            raise OSError(errno.EMFILE, "too many fids in this session")
+
+    def add(self, fid: int, entry: Fid) -> None:
+        self.check_free(fid)
+        self._fids[fid] = entry
+
+    def replace(self, fid: int, entry: Fid) -> None:
+        self._fids[fid] = entry
+
+    def pop(self, fid: int) -> Fid:
+        try:
+            return self._fids.pop(fid)
+        except KeyError:
+            raise OSError(errno.EBADF, f"unknown fid {fid}") from None
+
+    def drain(self) -> list[Fid]:
+        entries = list(self._fids.values())
+        self._fids.clear()
+        return entries

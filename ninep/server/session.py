@@ -1,0 +1,600 @@
+"""One 9P2000.L session: msize, fids, in-flight tags, flush; calls the back end.
+
+A transport calls :meth:`Session.submit` with each complete request and a
+:class:`~ninep.transport.base.ReplySink`; replies go out in completion order.
+Back-end ``OSError``s become Rlerror; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from ..backends.base import UTIME_NOW, Backend, Credentials, SetAttr, Stat, qid_type
+from ..protocol import ninep as p
+from ..transport.base import ReplySink, Segments, gather, scatter, slice_segments, total_length
+from .fids import Fid, FidKind, FidTable
+
+log = logging.getLogger("ninep.session")
+
+XATTR_SIZE_MAX = 64 * 1024
+
+# dotl open flag -> host flag; everything not listed is dropped.
+_DOTL_TO_HOST = [
+    (p.DOTL_TRUNC, os.O_TRUNC),
+    (p.DOTL_APPEND, os.O_APPEND),
+    (p.DOTL_NONBLOCK, os.O_NONBLOCK),
+    (p.DOTL_DSYNC, os.O_DSYNC),
+    (p.DOTL_LARGEFILE, 0),
+    (p.DOTL_DIRECTORY, os.O_DIRECTORY),
+    (p.DOTL_SYNC, os.O_SYNC),
+    (p.DOTL_EXCL, os.O_EXCL),
+]
+
+
+def dotl_to_host_flags(flags: int, create: bool = False) -> int:
+    """Linux dotl open flags -> this host's, minus what a server must not honour
+    (O_NOCTTY, O_ASYNC, O_DIRECT, O_NOATIME, O_CLOEXEC) and plus O_NOFOLLOW."""
+    acc = flags & 3
+    host = {p.DOTL_RDONLY: os.O_RDONLY, p.DOTL_WRONLY: os.O_WRONLY,
+            p.DOTL_RDWR: os.O_RDWR, p.DOTL_NOACCESS: os.O_RDWR}[acc]
+    for dotl, hostbit in _DOTL_TO_HOST:
+        if flags & dotl and (create or dotl != p.DOTL_EXCL):
+            host |= hostbit
+    if create:
+        host |= os.O_CREAT
+    return host | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _check_name(name: str) -> None:
+    """A single path component from the guest: not empty, no '/' or NUL."""
+    if not name or "/" in name or "\0" in name:
+        raise OSError(errno.ENOENT, "illegal name")
+
+
+def _check_new_name(name: str, dot_errno: int = errno.EEXIST) -> None:
+    _check_name(name)
+    if name in (".", ".."):
+        raise OSError(dot_errno, "illegal name")
+
+
+_MODIFYING = frozenset({
+    p.Tlcreate.TYPE, p.Tsymlink.TYPE, p.Tmknod.TYPE, p.Trename.TYPE, p.Tsetattr.TYPE,
+    p.Txattrcreate.TYPE, p.Tlink.TYPE, p.Tmkdir.TYPE, p.Trenameat.TYPE, p.Tunlinkat.TYPE,
+    p.Tremove.TYPE, p.Twrite.TYPE,
+})
+
+
+@dataclass(slots=True)
+class SessionConfig:
+    msize: int = 512000
+    readonly: bool = False
+    max_fids: int = 65536
+    max_inflight: int = 1024
+
+
+@dataclass(slots=True)
+class _InFlight:
+    task: asyncio.Task
+    sink: ReplySink
+    started: bool = False
+
+
+class Session:
+    """The state of one client connection (or one virtio device)."""
+
+    def __init__(self, backend: Backend, config: SessionConfig | None = None) -> None:
+        self.backend = backend
+        self.config = config or SessionConfig()
+        self.msize = self.config.msize
+        self.fids = FidTable(self.config.max_fids)
+        self._inflight: dict[int, _InFlight] = {}
+        self._admission = asyncio.Semaphore(self.config.max_inflight)
+        self._closed = False
+        self._handlers: dict[int, Callable[..., Coroutine[Any, Any, Any]]] = {
+            spec.type: getattr(self, "_" + spec.cls.__name__)
+            for spec in p.BY_TYPE.values() if hasattr(self, "_" + spec.cls.__name__)
+        }
+
+    # --- entry points for transports -------------------------------------------------
+
+    def submit(self, request: Segments, sink: ReplySink) -> None:
+        """Start handling one complete request; its reply goes to *sink*."""
+        if self._closed:
+            return
+        if len(request) == 1:
+            head = request[0][:p.HEADER_SIZE]
+        else:
+            head = gather(request, 0, min(p.HEADER_SIZE, total_length(request)))
+        try:
+            size, msgtype, tag = p.decode_header(head)
+        except p.ProtocolError:
+            log.warning("dropping a request shorter than a 9P header")
+            self._reply_error(sink, p.NOTAG, errno.EINVAL)
+            return
+        if size != total_length(request):
+            log.warning("tag %d: size field %d != request length %d", tag, size,
+                        total_length(request))
+            self._reply_error(sink, tag, errno.EINVAL)
+            return
+        if msgtype == p.Tflush.TYPE:
+            # Tflush is never queued behind the request it flushes.
+            asyncio.get_running_loop().create_task(self._flush(request, tag, sink))
+            return
+        if tag in self._inflight and tag != p.NOTAG:
+            self._reply_error(sink, tag, errno.EINVAL)
+            return
+        task = asyncio.get_running_loop().create_task(self._run(request, msgtype, tag, sink))
+        if tag != p.NOTAG:
+            self._inflight[tag] = _InFlight(task, sink)
+
+    async def close(self) -> None:
+        """The transport is gone: stop in-flight requests and release every fid."""
+        self._closed = True
+        await self._abort_all()
+        self._inflight.clear()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    # --- request lifecycle ----------------------------------------------------------------
+
+    async def _run(self, request: Segments, msgtype: int, tag: int, sink: ReplySink) -> None:
+        entry = self._inflight.get(tag)
+        try:
+            async with self._admission:
+                if entry is not None:
+                    entry.started = True
+                await self._dispatch(request, msgtype, tag, sink)
+        except asyncio.CancelledError:
+            self._reply_error(sink, tag, errno.EINTR, flushed=True)
+        finally:
+            if self._inflight.get(tag) is entry:
+                self._inflight.pop(tag, None)
+
+    async def _dispatch(self, request: Segments, msgtype: int, tag: int, sink: ReplySink) -> None:
+        handler = self._handlers.get(msgtype)
+        if handler is None and msgtype not in (p.Tread.TYPE, p.Twrite.TYPE, p.Treaddir.TYPE):
+            self._reply_error(sink, tag, errno.EOPNOTSUPP)
+            return
+        try:
+            if self.config.readonly and msgtype in _MODIFYING:
+                raise OSError(errno.EROFS, "read-only export")
+            if msgtype == p.Tread.TYPE:
+                await self._tread(request, tag, sink)
+                return
+            if msgtype == p.Twrite.TYPE:
+                reply = await self._twrite(request)
+            else:
+                assert handler is not None or msgtype == p.Treaddir.TYPE
+                body = (request[0][p.HEADER_SIZE:] if len(request) == 1
+                        else gather(request, p.HEADER_SIZE, total_length(request) - p.HEADER_SIZE))
+                msg = p.decode_body(msgtype, body, tag)
+                if msgtype == p.Treaddir.TYPE:
+                    await self._treaddir(msg, tag, sink)
+                    return
+                reply = await handler(msg)  # type: ignore[misc]
+        except OSError as exc:
+            self._reply_error(sink, tag, exc.errno or errno.EIO)
+            return
+        except p.ProtocolError as exc:
+            log.warning("tag %d: %s", tag, exc)
+            self._reply_error(sink, tag, errno.EINVAL)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("tag %d: internal error handling %s", tag, p.NAMES.get(msgtype))
+            self._reply_error(sink, tag, errno.EIO)
+            return
+        self._send(sink, p.encode_fast(reply, tag))
+
+    def _send(self, sink: ReplySink, frame: bytes) -> None:
+        if len(frame) > sink.capacity:
+            # Only a reply that outgrew the client's buffers: say so instead.
+            frame = p.encode_rlerror(p.HEADER.unpack_from(frame)[2], errno.ERANGE)
+        sink.send(frame)
+
+    def _reply_error(self, sink: ReplySink, tag: int, err: int, flushed: bool = False) -> None:
+        frame = p.encode_rlerror(tag, err)
+        if flushed:
+            scatter(sink.reserve(len(frame)), frame)
+            sink.drop()
+        else:
+            sink.send(frame)
+
+    async def _flush(self, request: Segments, tag: int, sink: ReplySink) -> None:
+        try:
+            msg = p.decode_body(p.Tflush.TYPE, gather(request, p.HEADER_SIZE,
+                                                      total_length(request) - p.HEADER_SIZE), tag)
+        except p.ProtocolError:
+            self._reply_error(sink, tag, errno.EINVAL)
+            return
+        entry = self._inflight.get(msg.oldtag)
+        if entry is not None and msg.oldtag != tag:
+            if not entry.started:
+                entry.task.cancel()
+            # A flushed request never answers after its Rflush.
+            await asyncio.gather(entry.task, return_exceptions=True)
+        sink.send(p.encode(p.Rflush(), tag))
+
+    async def _abort_all(self) -> None:
+        """Cancel what has not started, wait for the rest, release every fid."""
+        current = asyncio.current_task()
+        others = [e for e in self._inflight.values() if e.task is not current]
+        for entry in others:
+            if not entry.started:
+                entry.task.cancel()
+        if others:
+            await asyncio.gather(*(e.task for e in others), return_exceptions=True)
+        for fid in self.fids.drain():
+            await self._release(fid)
+
+    async def _release(self, fid: Fid) -> None:
+        try:
+            await self.backend.clunk(fid.node)
+        except Exception:  # clunk must not fail, but never let it leak out
+            log.exception("clunk failed")
+
+    # --- session messages -------------------------------------------------------------------
+
+    async def _Tversion(self, msg: p.Tversion) -> p.Rversion:
+        await self._abort_all()
+        if msg.msize < 4096:
+            raise OSError(errno.EINVAL, "msize too small")
+        self.msize = min(msg.msize, self.config.msize)
+        version = p.VERSION_9P2000L if msg.version.startswith(p.VERSION_9P2000L) else "unknown"
+        return p.Rversion(self.msize, version)
+
+    async def _Tauth(self, msg: p.Tauth) -> Any:
+        raise OSError(errno.EOPNOTSUPP, "no authentication required")
+
+    async def _Tattach(self, msg: p.Tattach) -> p.Rattach:
+        if msg.afid != p.NOFID:
+            raise OSError(errno.EINVAL, "no auth fid expected")
+        self.fids.check_free(msg.fid)
+        uid = msg.n_uname if msg.n_uname != p.NOFID else 0
+        node, qid = await self.backend.attach(msg.uname, uid, msg.aname)
+        self.fids.add(msg.fid, Fid(node, uid, is_dir=True))
+        return p.Rattach(qid)
+
+    async def _Twalk(self, msg: p.Twalk) -> p.Rwalk:
+        fid = self.fids.get(msg.fid)
+        if fid.kind in (FidKind.XATTR_READ, FidKind.XATTR_WRITE):
+            raise OSError(errno.EINVAL, "cannot walk an xattr fid")
+        if len(msg.wnames) > p.MAX_WALK_ELEMENTS:
+            raise OSError(errno.EINVAL, "too many walk elements")
+        if msg.newfid != msg.fid:
+            self.fids.check_free(msg.newfid)
+        for name in msg.wnames:
+            _check_name(name)
+        qids, node = await self.backend.walk(fid.node, list(msg.wnames))
+        if node is not None:
+            is_dir = bool(qids[-1].type & p.QTDIR) if qids else fid.is_dir
+            entry = Fid(node, fid.uid, is_dir=is_dir)
+            if msg.newfid == msg.fid:
+                old = self.fids.pop(msg.fid)
+                self.fids.replace(msg.fid, entry)
+                await self._release(old)
+            else:
+                try:
+                    self.fids.add(msg.newfid, entry)
+                except OSError:  # raced with another request taking newfid
+                    await self._release(entry)
+                    raise
+        return p.Rwalk(qids)
+
+    async def _Tclunk(self, msg: p.Tclunk) -> p.Rclunk:
+        fid = self.fids.pop(msg.fid)
+        try:
+            if fid.kind is FidKind.XATTR_WRITE:
+                await self._commit_xattr(fid)
+        finally:
+            await self._release(fid)
+        return p.Rclunk()
+
+    async def _Tremove(self, msg: p.Tremove) -> p.Rremove:
+        fid = self.fids.pop(msg.fid)
+        try:
+            await self.backend.remove(fid.node)
+        finally:
+            await self._release(fid)
+        return p.Rremove()
+
+    # --- metadata --------------------------------------------------------------------------
+
+    async def _Tgetattr(self, msg: p.Tgetattr) -> p.Rgetattr:
+        fid = self.fids.get(msg.fid)
+        qid, st = await self.backend.getattr(fid.node)
+        return rgetattr(qid, st)
+
+    async def _Tsetattr(self, msg: p.Tsetattr) -> p.Rsetattr:
+        fid = self.fids.get(msg.fid)
+        v = msg.valid
+        change = SetAttr(
+            mode=msg.mode & 0o7777 if v & p.SETATTR_MODE else None,
+            uid=msg.uid if v & p.SETATTR_UID else None,
+            gid=msg.gid if v & p.SETATTR_GID else None,
+            size=msg.size if v & p.SETATTR_SIZE else None,
+            atime=((msg.atime_sec, msg.atime_nsec) if v & p.SETATTR_ATIME_SET else (0, UTIME_NOW))
+            if v & p.SETATTR_ATIME else None,
+            mtime=((msg.mtime_sec, msg.mtime_nsec) if v & p.SETATTR_MTIME_SET else (0, UTIME_NOW))
+            if v & p.SETATTR_MTIME else None,
+            ctime=bool(v & p.SETATTR_CTIME),
+        )
+        if change.uid == p.NOFID:
+            change.uid = None
+        if change.gid == p.NOFID:
+            change.gid = None
+        await self.backend.setattr(fid.node, change)
+        return p.Rsetattr()
+
+    async def _Tstatfs(self, msg: p.Tstatfs) -> p.Rstatfs:
+        fid = self.fids.get(msg.fid)
+        return p.Rstatfs(*await self.backend.statfs(fid.node))
+
+    async def _Treadlink(self, msg: p.Treadlink) -> p.Rreadlink:
+        fid = self.fids.get(msg.fid)
+        return p.Rreadlink(await self.backend.readlink(fid.node))
+
+    # --- open / create ----------------------------------------------------------------------
+
+    def _node_fid(self, fid_no: int) -> Fid:
+        fid = self.fids.get(fid_no)
+        if fid.kind is not FidKind.NODE:
+            raise OSError(errno.EINVAL, "fid is already open")
+        return fid
+
+    def _dir_fid(self, fid_no: int) -> Fid:
+        fid = self.fids.get(fid_no)
+        if fid.kind in (FidKind.XATTR_READ, FidKind.XATTR_WRITE):
+            raise OSError(errno.EINVAL, "xattr fid")
+        if not fid.is_dir:
+            raise OSError(errno.ENOTDIR, "not a directory")
+        return fid
+
+    async def _Tlopen(self, msg: p.Tlopen) -> p.Rlopen:
+        fid = self._node_fid(msg.fid)
+        flags = dotl_to_host_flags(msg.flags)
+        if self.config.readonly and (flags & 3 != os.O_RDONLY or flags & os.O_TRUNC):
+            raise OSError(errno.EROFS, "read-only export")
+        qid, iounit = await self.backend.open(fid.node, flags)
+        fid.kind = FidKind.OPEN
+        fid.is_dir = bool(qid.type & p.QTDIR)
+        fid.open_flags = flags
+        return p.Rlopen(qid, self._iounit(iounit))
+
+    def _iounit(self, backend_iounit: int) -> int:
+        limit = self.msize - p.IOHDRSZ
+        return min(backend_iounit, limit) if backend_iounit else limit
+
+    async def _Tlcreate(self, msg: p.Tlcreate) -> p.Rlcreate:
+        fid = self._node_fid(msg.fid)
+        if not fid.is_dir:
+            raise OSError(errno.ENOTDIR, "not a directory")
+        _check_new_name(msg.name)
+        flags = dotl_to_host_flags(msg.flags, create=True)
+        qid, iounit = await self.backend.create(fid.node, msg.name, flags, msg.mode & 0o7777,
+                                                Credentials(fid.uid, msg.gid))
+        fid.kind = FidKind.OPEN
+        fid.is_dir = False
+        fid.open_flags = flags
+        return p.Rlcreate(qid, self._iounit(iounit))
+
+    async def _Tmkdir(self, msg: p.Tmkdir) -> p.Rmkdir:
+        fid = self._dir_fid(msg.dfid)
+        _check_new_name(msg.name)
+        return p.Rmkdir(await self.backend.mkdir(fid.node, msg.name, msg.mode & 0o7777,
+                                                 Credentials(fid.uid, msg.gid)))
+
+    async def _Tsymlink(self, msg: p.Tsymlink) -> p.Rsymlink:
+        fid = self._dir_fid(msg.fid)
+        _check_new_name(msg.name)
+        if not msg.symtgt or "\0" in msg.symtgt:
+            raise OSError(errno.ENOENT if not msg.symtgt else errno.EINVAL, "bad symlink target")
+        return p.Rsymlink(await self.backend.symlink(fid.node, msg.name, msg.symtgt,
+                                                     Credentials(fid.uid, msg.gid)))
+
+    async def _Tmknod(self, msg: p.Tmknod) -> p.Rmknod:
+        fid = self._dir_fid(msg.dfid)
+        _check_new_name(msg.name)
+        rdev = os.makedev(msg.major, msg.minor)
+        return p.Rmknod(await self.backend.mknod(fid.node, msg.name, msg.mode, rdev,
+                                                 Credentials(fid.uid, msg.gid)))
+
+    async def _Tlink(self, msg: p.Tlink) -> p.Rlink:
+        dfid = self._dir_fid(msg.dfid)
+        fid = self.fids.get(msg.fid)
+        _check_new_name(msg.name)
+        if fid.is_dir:
+            raise OSError(errno.EPERM, "hard link to a directory")
+        await self.backend.link(dfid.node, fid.node, msg.name)
+        return p.Rlink()
+
+    async def _Trename(self, msg: p.Trename) -> p.Rrename:
+        fid = self.fids.get(msg.fid)
+        dfid = self._dir_fid(msg.dfid)
+        _check_new_name(msg.name, errno.EISDIR)
+        await self.backend.rename(fid.node, dfid.node, msg.name)
+        return p.Rrename()
+
+    async def _Trenameat(self, msg: p.Trenameat) -> p.Rrenameat:
+        olddir = self._dir_fid(msg.olddirfid)
+        newdir = self._dir_fid(msg.newdirfid)
+        _check_new_name(msg.oldname, errno.EISDIR)
+        _check_new_name(msg.newname, errno.EISDIR)
+        await self.backend.renameat(olddir.node, msg.oldname, newdir.node, msg.newname)
+        return p.Rrenameat()
+
+    async def _Tunlinkat(self, msg: p.Tunlinkat) -> p.Runlinkat:
+        fid = self._dir_fid(msg.dirfid)
+        _check_name(msg.name)
+        if msg.name == ".":
+            raise OSError(errno.EINVAL, "cannot unlink .")
+        if msg.name == "..":
+            raise OSError(errno.ENOTEMPTY, "cannot unlink ..")
+        if msg.flags & ~p.AT_REMOVEDIR:
+            raise OSError(errno.EINVAL, "bad unlinkat flags")
+        await self.backend.unlinkat(fid.node, msg.name, bool(msg.flags & p.AT_REMOVEDIR))
+        return p.Runlinkat()
+
+    async def _Tfsync(self, msg: p.Tfsync) -> p.Rfsync:
+        fid = self.fids.get(msg.fid)
+        if fid.kind is not FidKind.OPEN:
+            raise OSError(errno.EBADF, "fid is not open")
+        await self.backend.fsync(fid.node, bool(msg.datasync))
+        return p.Rfsync()
+
+    # --- I/O ------------------------------------------------------------------------------
+
+    def _clamp(self, count: int, sink: ReplySink) -> int:
+        return max(0, min(count, self.msize - p.IOHDRSZ, sink.capacity - p.IOHDRSZ_REPLY))
+
+    async def _tread(self, request: Segments, tag: int, sink: ReplySink) -> None:
+        body = gather(request, p.HEADER_SIZE, total_length(request) - p.HEADER_SIZE)
+        if len(body) != p.FAST_FID_OFFSET_COUNT.size:
+            raise p.ProtocolError("malformed Tread", tag, p.Tread.TYPE)
+        fid_no, offset, count = p.FAST_FID_OFFSET_COUNT.unpack(body)
+        fid = self.fids.get(fid_no)
+        count = self._clamp(count, sink)
+        if fid.kind is FidKind.XATTR_READ:
+            data = bytes(fid.xattr_value[offset:offset + count]) if offset < len(fid.xattr_value) else b""
+            self._send(sink, p.encode_rread_header(tag, len(data)) + data)
+            return
+        if fid.kind is not FidKind.OPEN:
+            raise OSError(errno.EBADF, "fid is not open for reading")
+        if fid.open_flags & 3 == os.O_WRONLY:
+            raise OSError(errno.EBADF, "fid is open write-only")
+        views = sink.reserve(p.IOHDRSZ_REPLY + count)
+        n = await self.backend.read_into(fid.node, offset,
+                                         slice_segments(views, p.IOHDRSZ_REPLY, count))
+        scatter(views, p.encode_rread_header(tag, n))
+        sink.commit(p.IOHDRSZ_REPLY + n)
+
+    async def _twrite(self, request: Segments) -> p.Rwrite:
+        length = total_length(request)
+        head = gather(request, p.HEADER_SIZE, min(length - p.HEADER_SIZE, p.FAST_TWRITE_HEAD.size))
+        if len(head) != p.FAST_TWRITE_HEAD.size:
+            raise p.ProtocolError("truncated Twrite")
+        fid_no, offset, count = p.FAST_TWRITE_HEAD.unpack(head)
+        start = p.HEADER_SIZE + p.FAST_TWRITE_HEAD.size
+        if start + count != length:
+            raise p.ProtocolError("Twrite count does not match its frame")
+        fid = self.fids.get(fid_no)
+        if count > self.msize - p.IOHDRSZ:
+            raise OSError(errno.EINVAL, "write larger than msize")
+        if fid.kind is FidKind.XATTR_WRITE:
+            return p.Rwrite(self._xattr_write(fid, offset, gather(request, start, count)))
+        if fid.kind is not FidKind.OPEN:
+            raise OSError(errno.EBADF, "fid is not open for writing")
+        if fid.open_flags & 3 == os.O_RDONLY:
+            raise OSError(errno.EBADF, "fid is open read-only")
+        n = await self.backend.write_from(fid.node, offset, slice_segments(request, start, count))
+        return p.Rwrite(n)
+
+    async def _treaddir(self, msg: p.Treaddir, tag: int, sink: ReplySink) -> None:
+        fid = self.fids.get(msg.fid)
+        if fid.kind is not FidKind.OPEN or not fid.is_dir:
+            raise OSError(errno.EBADF if fid.kind is not FidKind.OPEN else errno.ENOTDIR,
+                          "fid is not an open directory")
+        count = self._clamp(msg.count, sink)
+        entries = await self.backend.readdir(fid.node, msg.offset, max(1, count // 24))
+        parts = []
+        used = 0
+        for entry in entries:
+            size = p.dirent_size(entry.name)
+            if used + size > count:
+                break
+            parts.append(p.encode_dirent(entry.qid, entry.offset, entry.type, entry.name))
+            used += size
+        self._send(sink, p.encode_io_header(p.Rreaddir.TYPE, tag, used) + b"".join(parts))
+
+    # --- xattrs --------------------------------------------------------------------------
+
+    async def _Txattrwalk(self, msg: p.Txattrwalk) -> p.Rxattrwalk:
+        fid = self.fids.get(msg.fid)
+        if msg.newfid != msg.fid:
+            self.fids.check_free(msg.newfid)
+        if msg.name:
+            value = await self.backend.xattr_get(fid.node, msg.name)
+        else:
+            value = await self.backend.xattr_list(fid.node)
+        if len(value) > XATTR_SIZE_MAX:
+            raise OSError(errno.E2BIG, "xattr larger than 64 KiB")
+        qids, node = await self.backend.walk(fid.node, [])
+        entry = Fid(node, fid.uid, kind=FidKind.XATTR_READ, xattr_name=msg.name,
+                    xattr_value=bytearray(value))
+        if msg.newfid == msg.fid:
+            old = self.fids.pop(msg.fid)
+            self.fids.replace(msg.fid, entry)
+            await self._release(old)
+        else:
+            self.fids.add(msg.newfid, entry)
+        return p.Rxattrwalk(len(value))
+
+    async def _Txattrcreate(self, msg: p.Txattrcreate) -> p.Rxattrcreate:
+        fid = self._node_fid(msg.fid)
+        if msg.attr_size > XATTR_SIZE_MAX:
+            raise OSError(errno.E2BIG, "xattr larger than 64 KiB")
+        if not msg.name or "\0" in msg.name:
+            raise OSError(errno.EINVAL, "bad xattr name")
+        fid.kind = FidKind.XATTR_WRITE
+        fid.xattr_name = msg.name
+        fid.xattr_size = msg.attr_size
+        fid.xattr_flags = msg.flags
+        fid.xattr_value = bytearray()
+        return p.Rxattrcreate()
+
+    def _xattr_write(self, fid: Fid, offset: int, data: bytes) -> int:
+        if offset != len(fid.xattr_value) or offset + len(data) > fid.xattr_size:
+            raise OSError(errno.EINVAL, "xattr write out of order or past its size")
+        fid.xattr_value += data
+        return len(data)
+
+    async def _commit_xattr(self, fid: Fid) -> None:
+        if len(fid.xattr_value) != fid.xattr_size:
+            raise OSError(errno.EINVAL, "xattr value shorter than announced")
+        if fid.xattr_size == 0 and fid.xattr_flags == 0:
+            await self.backend.xattr_remove(fid.node, fid.xattr_name)
+        else:
+            await self.backend.xattr_set(fid.node, fid.xattr_name, bytes(fid.xattr_value),
+                                         fid.xattr_flags)
+
+    # --- locks -------------------------------------------------------------------------
+
+    async def _Tlock(self, msg: p.Tlock) -> p.Rlock:
+        fid = self.fids.get(msg.fid)
+        if fid.kind is not FidKind.OPEN:
+            raise OSError(errno.EBADF, "fid is not open")
+        if msg.type not in (p.LOCK_TYPE_RDLCK, p.LOCK_TYPE_WRLCK, p.LOCK_TYPE_UNLCK):
+            raise OSError(errno.EINVAL, "bad lock type")
+        status = await self.backend.lock(fid.node, msg.type, msg.start, msg.length,
+                                         msg.proc_id, msg.client_id)
+        return p.Rlock(status)
+
+    async def _Tgetlock(self, msg: p.Tgetlock) -> p.Rgetlock:
+        fid = self.fids.get(msg.fid)
+        if fid.kind is not FidKind.OPEN:
+            raise OSError(errno.EBADF, "fid is not open")
+        if msg.type not in (p.LOCK_TYPE_RDLCK, p.LOCK_TYPE_WRLCK):
+            raise OSError(errno.EINVAL, "bad lock type")
+        res = await self.backend.getlock(fid.node, msg.type, msg.start, msg.length,
+                                         msg.proc_id, msg.client_id)
+        return p.Rgetlock(*res)
+
+
+def rgetattr(qid: p.Qid, st: Stat) -> p.Rgetattr:
+    """Rgetattr for a stat (all basic fields are always valid)."""
+    return p.Rgetattr(
+        p.GETATTR_BASIC, qid, st.mode, st.uid, st.gid, st.nlink, st.rdev, st.size, st.blksize,
+        st.blocks, st.atime_ns // 10**9, st.atime_ns % 10**9, st.mtime_ns // 10**9,
+        st.mtime_ns % 10**9, st.ctime_ns // 10**9, st.ctime_ns % 10**9, 0, 0, 0, 0)
+
+
+__all__ = ["Session", "SessionConfig", "dotl_to_host_flags", "rgetattr", "qid_type"]

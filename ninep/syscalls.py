@@ -1,0 +1,217 @@
+"""ctypes bindings for the few Linux syscalls the standard library lacks.
+
+Everything here raises ``OSError`` with the kernel's errno, exactly like the
+``os`` module, so callers never see ctypes details.  x86-64 and aarch64 only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import platform
+import struct
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+_MACHINE = platform.machine()
+_NR = {
+    "x86_64": {"openat2": 437, "renameat2": 316, "getdents64": 217, "capget": 125, "capset": 126},
+    "aarch64": {"openat2": 437, "renameat2": 276, "getdents64": 61, "capget": 90, "capset": 91},
+}.get(_MACHINE, {})
+
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+
+def _check(ret: int) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
+
+
+def _nr(name: str) -> int:
+    try:
+        return _NR[name]
+    except KeyError:
+        raise OSError(errno.ENOSYS, f"{name} is not bound on {_MACHINE}") from None
+
+
+# --- openat2 -----------------------------------------------------------------
+
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+#: The resolution that confines a guest-supplied relative path to a directory.
+RESOLVE_CONFINED = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str | bytes, flags: int, mode: int = 0, resolve: int = 0) -> int:
+    """openat2(2): open *path* below *dirfd* with RESOLVE_* restrictions."""
+    how = _OpenHow(flags, mode if flags & (os.O_CREAT | getattr(os, "O_TMPFILE", 0)) else 0, resolve)
+    raw = os.fsencode(path)
+    return _check(_syscall(_nr("openat2"), ctypes.c_int(dirfd), ctypes.c_char_p(raw),
+                           ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))))
+
+
+def have_openat2() -> bool:
+    """True when the running kernel implements openat2 (Linux >= 5.6)."""
+    try:
+        fd = openat2(os.open("/", os.O_PATH), ".", os.O_PATH, 0, RESOLVE_CONFINED)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+# --- renameat2 ---------------------------------------------------------------
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+RENAME_WHITEOUT = 4
+
+
+def renameat2(olddirfd: int, old: str | bytes, newdirfd: int, new: str | bytes, flags: int = 0) -> None:
+    _check(_syscall(_nr("renameat2"), ctypes.c_int(olddirfd), ctypes.c_char_p(os.fsencode(old)),
+                    ctypes.c_int(newdirfd), ctypes.c_char_p(os.fsencode(new)), ctypes.c_uint(flags)))
+
+
+# --- getdents64 ----------------------------------------------------------------
+
+_DIRENT_HEAD = struct.Struct("<QqHB")  # d_ino, d_off, d_reclen, d_type
+
+
+def getdents64(fd: int, bufsize: int = 32768) -> list[tuple[int, int, int, bytes]]:
+    """One getdents64(2) call: ``[(ino, d_off, d_type, name), …]``; empty at end.
+
+    ``d_off`` is the file system's own cookie for the position *after* the
+    entry, which is what 9P's Treaddir offsets must be to stay stable.
+    """
+    buf = ctypes.create_string_buffer(bufsize)
+    n = _check(_syscall(_nr("getdents64"), ctypes.c_int(fd), buf, ctypes.c_uint(bufsize)))
+    raw = buf.raw[:n]
+    out = []
+    pos = 0
+    while pos < n:
+        ino, off, reclen, dtype = _DIRENT_HEAD.unpack_from(raw, pos)
+        name = raw[pos + 19:pos + reclen].split(b"\0", 1)[0]
+        out.append((ino, off, dtype, name))
+        pos += reclen
+    return out
+
+
+# --- fsuid / fsgid ---------------------------------------------------------------
+
+def setfsuid(uid: int) -> int:
+    """setfsuid(2); returns the previous fsuid (the call cannot report errors)."""
+    return _libc.setfsuid(ctypes.c_uint(uid))
+
+
+def setfsgid(gid: int) -> int:
+    return _libc.setfsgid(ctypes.c_uint(gid))
+
+
+# --- capabilities ----------------------------------------------------------------
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+CAP_CHOWN = 0
+CAP_DAC_OVERRIDE = 1
+CAP_DAC_READ_SEARCH = 2
+CAP_FOWNER = 3
+CAP_FSETID = 4
+CAP_SETGID = 6
+CAP_SETUID = 7
+CAP_SYS_CHROOT = 18
+CAP_MKNOD = 27
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def capget() -> tuple[int, int, int]:
+    """(effective, permitted, inheritable) of the calling thread as 64-bit masks."""
+    hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_syscall(_nr("capget"), ctypes.byref(hdr), data))
+    join = lambda a, b: a | (b << 32)  # noqa: E731
+    return (join(data[0].effective, data[1].effective),
+            join(data[0].permitted, data[1].permitted),
+            join(data[0].inheritable, data[1].inheritable))
+
+
+def capset(effective: int, permitted: int, inheritable: int = 0) -> None:
+    """Set the calling thread's capability sets (masks of 1 << CAP_*)."""
+    hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        shift = 32 * i
+        data[i].effective = (effective >> shift) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    _check(_syscall(_nr("capset"), ctypes.byref(hdr), data))
+
+
+# --- file handles ----------------------------------------------------------------
+
+MAX_HANDLE_SZ = 128
+AT_EMPTY_PATH = 0x1000
+AT_SYMLINK_FOLLOW = 0x400
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int),
+                ("f_handle", ctypes.c_ubyte * MAX_HANDLE_SZ)]
+
+
+def name_to_handle_at(dirfd: int, path: str | bytes, flags: int = 0) -> tuple[int, bytes, int]:
+    """name_to_handle_at(2): ``(handle_type, handle_bytes, mount_id)``."""
+    fh = _FileHandle(MAX_HANDLE_SZ, 0)
+    mount_id = ctypes.c_int(0)
+    _check(_libc.name_to_handle_at(ctypes.c_int(dirfd), ctypes.c_char_p(os.fsencode(path)),
+                                   ctypes.byref(fh), ctypes.byref(mount_id), ctypes.c_int(flags)))
+    return fh.handle_type, bytes(fh.f_handle[:fh.handle_bytes]), mount_id.value
+
+
+def open_by_handle_at(mount_fd: int, handle_type: int, handle: bytes, flags: int) -> int:
+    """open_by_handle_at(2); needs CAP_DAC_READ_SEARCH."""
+    if len(handle) > MAX_HANDLE_SZ:
+        raise OSError(errno.EINVAL, "file handle too long")
+    fh = _FileHandle(len(handle), handle_type)
+    ctypes.memmove(fh.f_handle, handle, len(handle))
+    return _check(_libc.open_by_handle_at(ctypes.c_int(mount_fd), ctypes.byref(fh), ctypes.c_int(flags)))
+
+
+# --- utimensat --------------------------------------------------------------------
+
+AT_SYMLINK_NOFOLLOW = 0x100
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def utimensat(dirfd: int, path: str | bytes | None, atime: tuple[int, int],
+              mtime: tuple[int, int], flags: int = 0) -> None:
+    """utimensat(2) with (sec, nsec) pairs; nsec may be UTIME_NOW or UTIME_OMIT.
+
+    With *path* None it acts on *dirfd* itself (futimens).
+    """
+    times = (_Timespec * 2)(_Timespec(*atime), _Timespec(*mtime))
+    raw = None if path is None else ctypes.c_char_p(os.fsencode(path))
+    _check(_libc.utimensat(ctypes.c_int(dirfd), raw, times, ctypes.c_int(flags)))
