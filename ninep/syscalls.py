@@ -213,5 +213,8 @@ def utimensat(dirfd: int, path: str | bytes | None, atime: tuple[int, int],
     With *path* None it acts on *dirfd* itself (futimens).
     """
     times = (_Timespec * 2)(_Timespec(*atime), _Timespec(*mtime))
-    raw = None if path is None else ctypes.c_char_p(os.fsencode(path))
-    _check(_libc.utimensat(ctypes.c_int(dirfd), raw, times, ctypes.c_int(flags)))
+    if path is None:
+        _check(_libc.futimens(ctypes.c_int(dirfd), times))
+        return
+    _check(_libc.utimensat(ctypes.c_int(dirfd), ctypes.c_char_p(os.fsencode(path)), times,
+                           ctypes.c_int(flags)))

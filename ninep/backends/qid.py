@@ -40,19 +40,31 @@ class QidMapper:
             key = (dev, ino >> _INO_BITS)
             prefix = self._prefixes.get(key)
             if prefix is None:
-                with self._lock:
-                    prefix = self._prefixes.setdefault(key, len(self._prefixes))
-                if prefix >= 1 << (64 - _INO_BITS):
-                    raise OSError(errno.ENFILE, "qid path prefixes exhausted")
+                prefix = self._new_prefix(key)
             return (prefix << _INO_BITS) | (ino & _INO_MASK)
         if dev != self.root_dev:
             if self.mode == "forbid":
                 raise OSError(errno.ENODEV, "file on another device (multidevs=forbid)")
-            if not self._warned:
-                self._warned = True
+            if not self._warned and self._first_warning():
                 log.warning("export spans several devices; qid paths may collide "
                             "(use --multidevs remap)")
         return ino
+
+    def _new_prefix(self, key: tuple[int, int]) -> int:
+        """Allocate the next prefix, never one that would overflow 64 bits."""
+        with self._lock:
+            prefix = self._prefixes.get(key)
+            if prefix is None:
+                if len(self._prefixes) >= 1 << (64 - _INO_BITS):
+                    raise OSError(errno.ENFILE, "qid path prefixes exhausted")
+                prefix = self._prefixes[key] = len(self._prefixes)
+        return prefix
+
+    def _first_warning(self) -> bool:
+        """True for exactly one caller, even when worker threads race here."""
+        with self._lock:
+            first, self._warned = not self._warned, True
+        return first
 
     def qid(self, st: Stat) -> Qid:
         return Qid(qid_type(st.mode), qid_version(st), self.path(st.dev, st.ino))

@@ -12,6 +12,7 @@ import errno
 import os
 import stat as st_
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 from ... import syscalls
 from ..base import Credentials, Stat
@@ -27,6 +28,31 @@ def proc_path(dirfd: int, name: str | None = None) -> str:
 
 def open_nofollow(dirfd: int, name: str, flags: int = os.O_PATH) -> int:
     return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+
+
+def open_created(dirfd: int, name: str, flags: int, mode: int) -> tuple[int, bool]:
+    """Open *name* for Tlcreate: ``(fd, whether this call created it)``.
+
+    Creation is exclusive so that only a new file is given the caller's owner
+    and mode.  Without O_EXCL in *flags* an existing entry is opened as it is,
+    and only if it is a regular file: a symlink gives ELOOP, a directory
+    EISDIR, anything else ENXIO (never a device or FIFO, as in Tlopen).
+    """
+    plain = (flags & ~(os.O_CREAT | os.O_EXCL)) | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(name, plain | os.O_CREAT | os.O_EXCL, mode, dir_fd=dirfd), True
+    except FileExistsError:
+        if flags & os.O_EXCL:
+            raise
+    pfd = open_nofollow(dirfd, name)
+    try:
+        ftype = st_.S_IFMT(os.fstat(pfd).st_mode)
+        if ftype != st_.S_IFREG:
+            refusal = {st_.S_IFLNK: errno.ELOOP, st_.S_IFDIR: errno.EISDIR}.get(ftype, errno.ENXIO)
+            raise OSError(refusal, os.strerror(refusal))
+        return os.open(proc_path(pfd), plain & ~os.O_NOFOLLOW), False
+    finally:
+        os.close(pfd)
 
 
 class SecurityModel(ABC):
@@ -47,6 +73,16 @@ class SecurityModel(ABC):
     @abstractmethod
     def fstat(self, fd: int) -> Stat:
         """fstat of an open file, as the guest must see it."""
+
+    def fstat_open(self, fd: int, at: Callable[[Callable[[int, str], Stat]], Stat]) -> Stat:
+        """Tgetattr of a file the guest holds open as *fd*.  ``at(fn)`` runs
+        ``fn(parent_dirfd, name)`` on its entry, for models that keep metadata
+        by name (the entry may be gone: the file can be unlinked)."""
+        return self.fstat(fd)
+
+    def dirent_type(self, dtype: int) -> int:
+        """The d_type readdir reports for a host entry of type *dtype*."""
+        return dtype
 
     @abstractmethod
     def readlink(self, dirfd: int, name: str) -> str: ...
@@ -81,6 +117,29 @@ class SecurityModel(ABC):
 
     def xattr_guest_names(self, names: list[str]) -> list[str]:
         return names
+
+    # *fd* is the file's own fd (open, or an O_PATH pin); the calls follow
+    # its /proc/self/fd link, which lands on that inode (a symlink stays itself).
+    def xattr_get(self, fd: int, name: str) -> bytes:
+        return os.getxattr(proc_path(fd), self.xattr_host_name(name))
+
+    def xattr_list(self, fd: int) -> list[str]:
+        return self.xattr_guest_names(os.listxattr(proc_path(fd)))
+
+    def xattr_set(self, fd: int, name: str, value: bytes, flags: int) -> None:
+        os.setxattr(proc_path(fd), self.xattr_host_name(name), value, flags)
+
+    def xattr_remove(self, fd: int, name: str) -> None:
+        os.removexattr(proc_path(fd), self.xattr_host_name(name))
+
+    # -- removing ----------------------------------------------------------------
+    def unlink(self, dirfd: int, name: str, is_dir: bool) -> None:
+        """rmdir/unlink the entry, then drop the model's side data for it."""
+        if is_dir:
+            os.rmdir(name, dir_fd=dirfd)
+        else:
+            os.unlink(name, dir_fd=dirfd)
+        self.on_unlink(dirfd, name, is_dir)
 
     # -- keeping side data in step (mapped-file) -------------------------------
     def on_rename(self, olddirfd: int, oldname: str, newdirfd: int, newname: str) -> None:
@@ -149,9 +208,10 @@ class PassthroughModel(SecurityModel):
             os.close(fd)
 
     def create_file(self, dirfd: int, name: str, flags: int, mode: int, cred: Credentials) -> int:
-        fd = os.open(name, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dirfd)
-        self._own(dirfd, name, fd, cred)
-        os.chmod(fd, mode)  # after chown, which clears set-id bits; and without umask
+        fd, created = open_created(dirfd, name, flags, mode)
+        if created:  # an existing file keeps its owner and mode
+            self._own(dirfd, name, fd, cred)
+            os.chmod(fd, mode)  # after chown, which clears set-id bits; and without umask
         return fd
 
     def mkdir(self, dirfd: int, name: str, mode: int, cred: Credentials) -> None:
@@ -208,4 +268,4 @@ def make_model(name: str, fmode: int | None = None, dmode: int | None = None) ->
 
 
 __all__ = ["SecurityModel", "PassthroughModel", "NoneModel", "make_model", "MODEL_CHOICES",
-           "proc_path", "open_nofollow", "chmod_entry", "syscalls"]
+           "proc_path", "open_nofollow", "open_created", "chmod_entry", "syscalls"]

@@ -1,0 +1,285 @@
+"""Host operations on file descriptors, shared by the local and handle back ends.
+
+Each function acts on an fd that its caller has already confined: either a
+file the guest opened, or a *pinned* inode (an ``O_PATH|O_NOFOLLOW`` fd).
+Calls that have no fd form go through ``/proc/self/fd/N`` and *follow* that
+magic link: it lands on the pinned inode itself (a symlink stays the symlink,
+never its target), so no guest-built path string ever reaches the host.
+Nothing here knows how a back end found the fd, which is what lets a
+path-based and a handle-based back end share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import os
+import stat as st_
+import struct
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from .. import syscalls
+from ..protocol.ninep import (LOCK_BLOCKED, LOCK_SUCCESS, LOCK_TYPE_RDLCK, LOCK_TYPE_UNLCK,
+                              LOCK_TYPE_WRLCK, QTDIR, QTFILE, QTSYMLINK, Qid)
+from .base import UTIME_OMIT, DirEntry, LockResult, SetAttr, Stat, StatFs
+from .qid import QidMapper
+
+T = TypeVar("T")
+
+#: f_type that Tstatfs reports (V9FS_MAGIC), as QEMU does.
+V9FS_MAGIC = 0x01021997
+
+
+class WorkerPool:
+    """The threads a back end runs its blocking host calls in."""
+
+    def __init__(self, threads: int, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+# --- pinning and reopening --------------------------------------------------------------
+
+def fd_path(fd: int) -> str:
+    """``/proc/self/fd/N``: following it lands on *fd*'s own inode (see above)."""
+    return f"/proc/self/fd/{fd}"
+
+
+def with_pinned(dirfd: int, name: str, fn: Callable[[int], T]) -> T:
+    """Run ``fn(pinned_fd)`` on entry *name* of *dirfd*, without following a symlink."""
+    pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+    try:
+        return fn(pfd)
+    finally:
+        os.close(pfd)
+
+
+def reopen(pfd: int, flags: int) -> int:
+    """Open the pinned inode *pfd* with *flags* for I/O.
+
+    Symlinks give ELOOP and special files ENXIO, so a guest can never open a
+    host device or block on a FIFO (CVE-2023-2861); a directory only opens
+    read-only.  The inode cannot change under us: it is the pinned one.
+    """
+    mode = os.fstat(pfd).st_mode
+    if st_.S_ISLNK(mode):
+        raise OSError(errno.ELOOP, "is a symlink")
+    if not (st_.S_ISREG(mode) or st_.S_ISDIR(mode)):
+        raise OSError(errno.ENXIO, "refusing to open a special file")
+    if st_.S_ISDIR(mode) and flags & os.O_ACCMODE != os.O_RDONLY:
+        raise OSError(errno.EISDIR, "is a directory")
+    return os.open(fd_path(pfd), (flags & ~(os.O_NOFOLLOW | os.O_CREAT)) | os.O_CLOEXEC)
+
+
+# --- attributes -------------------------------------------------------------------------
+
+def apply_setattr(change: SetAttr, *, chown: Callable[[int, int], None],
+                  chmod: Callable[[int], None], truncate: Callable[[int], None],
+                  utimes: Callable[[tuple[int, int], tuple[int, int]], None]) -> None:
+    """Apply a Tsetattr in the order Linux's notify_change would: owner
+    (which clears set-id bits) before mode, then size, then times; a bare
+    "ctime" request becomes a no-op chown, which touches exactly ctime."""
+    if change.uid is not None or change.gid is not None:
+        chown(-1 if change.uid is None else change.uid, -1 if change.gid is None else change.gid)
+    if change.mode is not None:
+        chmod(change.mode)
+    if change.size is not None:
+        truncate(change.size)
+    if change.atime is not None or change.mtime is not None:
+        utimes(change.atime or (0, UTIME_OMIT), change.mtime or (0, UTIME_OMIT))
+    elif change.ctime and change.uid is None and change.gid is None and change.mode is None \
+            and change.size is None:
+        chown(-1, -1)
+
+
+def truncate(fd: int, size: int) -> None:
+    """Truncate the file of *fd*: an fd open for writing directly, else (read-only
+    or pinned) through a fresh write-only open.  Only regular files (as truncate(2))."""
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY:
+        os.ftruncate(fd, size)
+        return
+    mode = os.fstat(fd).st_mode
+    if st_.S_ISDIR(mode):
+        raise OSError(errno.EISDIR, "is a directory")
+    if not st_.S_ISREG(mode):
+        raise OSError(errno.EINVAL, "not a regular file")
+    wfd = os.open(fd_path(fd), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        os.ftruncate(wfd, size)
+    finally:
+        os.close(wfd)
+
+
+def chown_pinned(pfd: int, uid: int, gid: int) -> None:
+    """lchown of the pinned inode (a symlink itself, not its target)."""
+    os.chown(fd_path(pfd), uid, gid)
+
+
+def chmod_pinned(pfd: int, mode: int) -> None:
+    """chmod of the pinned inode; symlinks have no mode of their own (EOPNOTSUPP)."""
+    if st_.S_ISLNK(os.fstat(pfd).st_mode):
+        raise OSError(errno.EOPNOTSUPP, "cannot chmod a symlink")
+    os.chmod(fd_path(pfd), mode)
+
+
+def utimes_pinned(pfd: int, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
+    """utimensat on the pinned inode itself (works on O_PATH fds and symlinks)."""
+    syscalls.utimensat(pfd, "", atime, mtime, syscalls.AT_EMPTY_PATH | syscalls.AT_SYMLINK_NOFOLLOW)
+
+
+def statfs(fd: int) -> StatFs:
+    """Tstatfs of the file system holding *fd* (fstatvfs works on O_PATH fds)."""
+    s = os.fstatvfs(fd)
+    return StatFs(V9FS_MAGIC, s.f_bsize, s.f_blocks, s.f_bfree, s.f_bavail, s.f_files,
+                  s.f_ffree, s.f_fsid, s.f_namemax)
+
+
+def readlink_pinned(pfd: int) -> str:
+    """The target of the pinned symlink; EINVAL for anything else (as readlink(2))."""
+    try:
+        return os.readlink("", dir_fd=pfd)
+    except FileNotFoundError:
+        raise OSError(errno.EINVAL, "not a symlink") from None
+
+
+# --- directories --------------------------------------------------------------------------
+
+def _qtype_from_dt(dtype: int) -> int:
+    return QTDIR if dtype == 4 else QTSYMLINK if dtype == 10 else QTFILE
+
+
+def read_dir(fd: int, lock: threading.Lock, offset: int, max_entries: int, qids: QidMapper, *,
+             stat_entry: Callable[[int, str], Stat], root_stat: Callable[[], Stat] | None = None,
+             hidden: Callable[[str], bool] | None = None) -> list[DirEntry]:
+    """Up to *max_entries* entries of open directory *fd* after cookie *offset*.
+
+    Offsets are the file system's own getdents64 cookies, so they survive
+    concurrent changes.  *root_stat* is given when *fd* is the export root:
+    its ``..`` then names the root itself.  Under multidevs=remap every entry
+    (``.`` and ``..`` too) is stat'ed, since only that reveals its device;
+    otherwise the qid comes from ``d_ino`` for free.
+    """
+    with lock:
+        os.lseek(fd, offset, os.SEEK_SET)
+        raw = syscalls.getdents64(fd, min(65536, max(4096, max_entries * 64)))
+    out = []
+    remap = qids.mode == "remap"
+    for ino, off, dtype, name in raw[:max_entries]:
+        sname = os.fsdecode(name)
+        if hidden is not None and hidden(sname):
+            continue
+        if name == b".." and root_stat is not None:
+            qid = qids.qid(root_stat())
+        elif remap:
+            try:
+                qid = qids.qid(stat_entry(fd, sname))
+            except OSError:
+                continue  # vanished meanwhile
+        else:
+            qid = Qid(_qtype_from_dt(dtype), 0, qids.path(qids.root_dev, ino))
+        out.append(DirEntry(qid, off, dtype, name))
+    return out
+
+
+# --- locks --------------------------------------------------------------------------------
+
+F_OFD_GETLK = 36
+F_OFD_SETLK = 37
+_FLOCK = struct.Struct("hhqqi4x")  # l_type, l_whence, l_start, l_len, l_pid
+_LOCK_TO_HOST = {LOCK_TYPE_RDLCK: fcntl.F_RDLCK, LOCK_TYPE_WRLCK: fcntl.F_WRLCK,
+                 LOCK_TYPE_UNLCK: fcntl.F_UNLCK}
+_LOCK_FROM_HOST = {v: k for k, v in _LOCK_TO_HOST.items()}
+
+
+_OFF_MAX = (1 << 63) - 1
+
+
+def _flock(ltype: int, start: int, length: int) -> bytes:
+    """A struct flock for 9P's unsigned range; EINVAL where off_t can't hold it."""
+    if start > _OFF_MAX or length > _OFF_MAX:
+        raise OSError(errno.EINVAL, "lock range out of bounds")
+    return _FLOCK.pack(_LOCK_TO_HOST[ltype], os.SEEK_SET, start, length, 0)
+
+
+def ofd_lock(fd: int, ltype: int, start: int, length: int) -> int:
+    """Take or drop an open-file-description lock; never blocks (the client
+    retries on LOCK_BLOCKED), and the lock dies with the fd."""
+    req = _flock(ltype, start, length)
+    try:
+        fcntl.fcntl(fd, F_OFD_SETLK, req)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return LOCK_BLOCKED
+        raise
+    return LOCK_SUCCESS
+
+
+def ofd_getlock(fd: int, ltype: int, start: int, length: int, proc_id: int,
+                client_id: str) -> LockResult:
+    """Tgetlock: the first conflicting lock, or the request back as unlocked."""
+    htype, _, rstart, rlen, rpid = _FLOCK.unpack(
+        fcntl.fcntl(fd, F_OFD_GETLK, _flock(ltype, start, length)))
+    if htype == fcntl.F_UNLCK:
+        return LockResult(LOCK_TYPE_UNLCK, start, length, proc_id, client_id)
+    # An OFD lock has no owning process (l_pid -1): report pid 0.
+    return LockResult(_LOCK_FROM_HOST[htype], rstart, rlen, max(rpid, 0), "")
+
+
+# --- a back end's open-fd methods ------------------------------------------------------------
+
+class OpenFdOps:
+    """The Backend methods that need nothing but the node's open fd.
+
+    A back end mixes this in (before :class:`~ninep.backends.base.Backend`)
+    when its nodes keep the guest's open file in ``node.fd`` and it runs
+    blocking calls in ``self._pool``.
+    """
+
+    _pool: WorkerPool
+    qids: QidMapper
+
+    @staticmethod
+    def _check_not_open(node: Any) -> None:
+        """A node holds one fd: opening it again would leak the first."""
+        if node.fd is not None:
+            raise OSError(errno.EINVAL, "already open")
+
+    def _adopt_open(self, node: Any, fd: int, st: Stat) -> Qid:
+        """Make *fd* the node's open file (directories get the lock readdir needs)."""
+        node.fd = fd
+        node.is_dir = st_.S_ISDIR(st.mode)
+        node.dir_lock = threading.Lock() if node.is_dir else None
+        return self.qids.qid(st)
+
+    @staticmethod
+    def _fd(node: Any) -> int:
+        """The node's open fd; EBADF for a fid the guest never opened."""
+        if node.fd is None:
+            raise OSError(errno.EBADF, "not open")
+        return node.fd
+
+    async def read_into(self, node: Any, offset: int, views: list[memoryview]) -> int:
+        return await self._pool.run(os.preadv, self._fd(node), views, offset)
+
+    async def write_from(self, node: Any, offset: int, views: list[memoryview]) -> int:
+        return await self._pool.run(os.pwritev, self._fd(node), views, offset)
+
+    async def fsync(self, node: Any, datasync: bool) -> None:
+        await self._pool.run(os.fdatasync if datasync else os.fsync, self._fd(node))
+
+    async def lock(self, node: Any, ltype: int, start: int, length: int, proc_id: int,
+                   client_id: str) -> int:
+        return ofd_lock(self._fd(node), ltype, start, length)
+
+    async def getlock(self, node: Any, ltype: int, start: int, length: int, proc_id: int,
+                      client_id: str) -> LockResult:
+        return ofd_getlock(self._fd(node), ltype, start, length, proc_id, client_id)

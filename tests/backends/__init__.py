@@ -1,0 +1,1 @@
+"""The shared back-end suite (see conftest.py for the registry of back ends)."""
