@@ -93,6 +93,8 @@ BACKENDS: dict[str, BackendSpec] = {
     "local-passthrough": BackendSpec(local_backend("passthrough"), PASSTHROUGH),
     "local-none": BackendSpec(local_backend("none"), NONE),
     "handle": BackendSpec(lambda export, **opts: HandleBackend(str(export), **opts), HANDLE),
+    "local-mapped-xattr": BackendSpec(local_backend("mapped-xattr"), MAPPED_XATTR),
+    "local-mapped-file": BackendSpec(local_backend("mapped-file"), MAPPED_FILE),
 }
 
 #: A caller that is neither the server (root) nor anyone else in the tests.
