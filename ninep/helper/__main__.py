@@ -1,0 +1,5 @@
+import sys
+
+from ninep.helper.main import main
+
+sys.exit(main())
