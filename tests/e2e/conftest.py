@@ -1,0 +1,94 @@
+"""Fixtures for the real-kernel e2e tests (QEMU guest, see guest.py).
+
+Missing host packages skip the tests with a reason on a developer's
+machine, but fail them loudly when ``CI=true`` (see servers.require).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_REPO = Path(__file__).resolve().parents[2]
+if str(_REPO) not in sys.path:  # so "tests.e2e.*" and "ninep" import from any rootdir
+    sys.path.insert(0, str(_REPO))
+
+from tests.e2e.guest import GuestError, GuestImage, missing_host_tools  # noqa: E402
+from tests.e2e.servers import (  # noqa: E402
+    DiodServer,
+    free_tcp_port,
+    require,
+    short_tempdir,
+    start_diod,
+    start_proxy_helper,
+    stop,
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e: boots a real Linux guest under QEMU (slow, needs qemu/kernel packages)")
+
+
+@pytest.fixture(scope="session")
+def e2e_image() -> GuestImage:
+    """The cached guest image (built on first use)."""
+    missing = missing_host_tools()
+    require(not missing, f"missing host tools: {', '.join(missing)}")
+    try:
+        return GuestImage.ensure()
+    except GuestError as e:
+        require(False, f"cannot build the guest image: {e}")
+        raise
+
+
+@pytest.fixture
+def export_dir(tmp_path: Path) -> Path:
+    """An empty directory for a server to export."""
+    d = tmp_path / "export"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A short-path temporary directory for Unix sockets."""
+    d = short_tempdir()
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def diod_tcp(export_dir: Path, tmp_path: Path) -> Iterator[DiodServer]:
+    """diod serving ``export_dir`` on a loopback TCP port."""
+    last: Exception | None = None
+    for _ in range(3):  # the free port may be taken between probe and bind
+        try:
+            server = start_diod(export_dir, ("127.0.0.1", free_tcp_port()), tmp_path / "diod.log")
+            break
+        except GuestError as e:
+            last = e
+    else:
+        raise AssertionError(f"diod did not start: {last}")
+    yield server
+    stop(server.proc)
+
+
+@pytest.fixture
+def diod_unix(export_dir: Path, tmp_path: Path, sock_dir: Path) -> Iterator[DiodServer]:
+    """diod serving ``export_dir`` on a Unix socket."""
+    server = start_diod(export_dir, str(sock_dir / "diod.sock"), tmp_path / "diod.log")
+    yield server
+    stop(server.proc)
+
+
+@pytest.fixture
+def proxy_helper(export_dir: Path, sock_dir: Path) -> Iterator[str]:
+    """QEMU's virtfs-proxy-helper exporting ``export_dir``; yields its socket path."""
+    sock = str(sock_dir / "proxy.sock")
+    proc = start_proxy_helper(export_dir, sock)
+    yield sock
+    stop(proc)
