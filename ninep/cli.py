@@ -91,7 +91,7 @@ def make_backend(args: argparse.Namespace) -> Backend:
         return LocalBackend(args.export, model=model, multidevs=args.multidevs, threads=args.threads)
     if args.backend == "handle":
         if args.security_model is not None:
-            raise ValueError("--security-model is not supported with --backend handle")
+            raise ValueError("Invalid argument security_model specified with handle fsdriver")
         from .backends.handle import HandleBackend  # type: ignore[import-not-found]
         return HandleBackend(args.export, multidevs=args.multidevs, threads=args.threads)
     from .backends.proxy import ProxyBackend  # type: ignore[import-not-found]
@@ -121,10 +121,19 @@ async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = Non
                            max_inflight=args.max_inflight)
     servers: list[StreamServer] = []
     tasks: list[asyncio.Task] = []
+    # Before anything listens: a SIGTERM from whoever saw the socket appear
+    # must stop us cleanly, not kill us.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     try:
         for address in args.listen:
             server = StreamServer(lambda: backend, config)
-            await server.start(address)
+            try:
+                await server.start(address)
+            except OSError as exc:
+                raise OSError(exc.errno, f"--listen {address}: {exc.strerror or exc}") from None
             servers.append(server)
             tasks.append(asyncio.ensure_future(server.serve_forever()))
         if args.socket_path is not None or args.fd is not None:
@@ -133,10 +142,6 @@ async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = Non
                 lambda: backend, socket_path=args.socket_path, listen_fd=args.fd, tag=args.tag,
                 session_config=config)))
         log.info("serving %s (%s)", args.export, args.backend)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         if ready:
             ready()
         waiter = asyncio.ensure_future(stop.wait())
@@ -151,6 +156,15 @@ async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = Non
         for server in servers:
             await server.close()
         await backend.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error as the one line the user sees (an OSError without "[Errno N]")."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runner(serve(args))
     except (ValueError, OSError) as exc:
-        print(f"ninep: error: {exc}", file=sys.stderr)
+        print(f"ninep: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         pass

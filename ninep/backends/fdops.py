@@ -1,4 +1,5 @@
-"""Host operations on file descriptors, shared by the local and handle back ends.
+"""Host operations on file descriptors, shared by the back ends that serve host
+files through fds (local, handle, proxy).
 
 Each function acts on an fd that its caller has already confined: either a
 file the guest opened, or a *pinned* inode (an ``O_PATH|O_NOFOLLOW`` fd).
@@ -240,12 +241,20 @@ class OpenFdOps:
     """The Backend methods that need nothing but the node's open fd.
 
     A back end mixes this in (before :class:`~ninep.backends.base.Backend`)
-    when its nodes keep the guest's open file in ``node.fd`` and it runs
-    blocking calls in ``self._pool``.
+    when its nodes keep the guest's open file in ``node.fd``, it runs
+    blocking calls in ``self._pool`` and tracks live nodes in ``self._nodes``.
     """
 
     _pool: WorkerPool
+    _nodes: Any  # a WeakSet of the back end's live nodes
     qids: QidMapper
+
+    async def clunk(self, node: Any) -> None:
+        """Forget the node and close its fd, which also drops the fd's OFD locks."""
+        self._nodes.discard(node)
+        fd, node.fd = node.fd, None
+        if fd is not None:
+            os.close(fd)
 
     @staticmethod
     def _check_not_open(node: Any) -> None:

@@ -5,7 +5,7 @@ operation re-opens that handle with ``open_by_handle_at(2)`` against a
 non-``O_PATH`` fd on the file's mount (the export root for the export's own
 mount).  A handle names an inode, not a path, so a file the host renames or
 moves keeps working through every fid that holds it, and the back end keeps
-no path strings.  That needs ``CAP_DAC_READ_SEARCH`` and a file system that
+no paths (only each node's last-seen name, as a re-checked hint).  That needs ``CAP_DAC_READ_SEARCH`` and a file system that
 can encode and decode handles; the constructor checks both.
 
 Semantics are the local back end's with the passthrough model (which this
@@ -19,7 +19,9 @@ among its ancestors (compared by device and inode), else the walk fails.
 Operations that need a file's parent and name (Trename, Tremove) find them
 from the node: its parent directory's handle and name as last seen (hints,
 re-checked against the inode before use), ``..`` for directories, and a scan
-of the parent for the inode when the hint went stale.
+of the parent for the inode when the hint went stale.  A non-directory the
+host moved to *another* directory can therefore not be Trename'd/Tremove'd
+through an old fid (ENOENT); everything else about it keeps working.
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ import threading
 import time
 
 from ninep import syscalls
-from ninep.helper import _sys
 from ninep.helper.server import (ALLOWED_CAPS, ALLOWED_MASK, GETVERSION_FS_MAGIC, Connection,
                                  Export, serve_in_thread)
 
@@ -208,13 +207,13 @@ def drop_capabilities(log: Logger) -> None:
     The helper stays uid 0 and only switches fsuid/fsgid per request, so
     PR_SET_KEEPCAPS is not needed.
     """
-    last = _sys.cap_last_cap()
+    last = syscalls.cap_last_cap()
     bounding_kept = []
     for cap in range(last + 1):
         if cap in ALLOWED_CAPS:
             continue
         try:
-            _sys.prctl(_sys.PR_CAPBSET_DROP, cap)
+            syscalls.prctl(syscalls.PR_CAPBSET_DROP, cap)
         except OSError as e:
             if e.errno == errno.EINVAL:
                 break
@@ -223,7 +222,7 @@ def drop_capabilities(log: Logger) -> None:
         log(f"could not drop {len(bounding_kept)} capabilities from the bounding set "
             f"(no CAP_SETPCAP?)")
     try:
-        _sys.prctl(_sys.PR_CAP_AMBIENT, _sys.PR_CAP_AMBIENT_CLEAR_ALL)
+        syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_CLEAR_ALL)
     except OSError:
         pass  # kernel without ambient capabilities
     try:
@@ -231,7 +230,7 @@ def drop_capabilities(log: Logger) -> None:
     except OSError as e:
         raise SetupError(f"capset: {e.strerror} (the helper must run as root)") from None
     try:
-        _sys.prctl(_sys.PR_SET_NO_NEW_PRIVS, 1)
+        syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1)
     except OSError:
         pass
     eff, prm, inh = syscalls.capget()
@@ -266,7 +265,7 @@ def enter_export(path: str) -> Export:
         raise SetupError(f"openat2 is unavailable ({e.strerror}); Linux >= 5.6 is required") \
             from None
     try:
-        get_version = _sys.fstatfs(root_fd)[0] in GETVERSION_FS_MAGIC
+        get_version = syscalls.fstatfs(root_fd)[0] in GETVERSION_FS_MAGIC
     except OSError:
         get_version = False
     os.umask(0)

@@ -39,7 +39,6 @@ from typing import Callable
 
 from ninep import syscalls
 from ninep.protocol import proxy as P
-from ninep.helper import _sys
 
 #: Capabilities the helper keeps (QEMU's virtfs-proxy-helper list).
 ALLOWED_CAPS = (syscalls.CAP_CHOWN, syscalls.CAP_DAC_OVERRIDE, syscalls.CAP_FOWNER,
@@ -240,7 +239,7 @@ class Connection:
     def _serve(self) -> None:
         try:
             # Private cwd for this thread: xattr calls work on a name relative to it.
-            _sys.unshare(_sys.CLONE_FS)
+            syscalls.unshare(syscalls.CLONE_FS)
         except OSError as e:
             self.log(f"connection {self.id}: unshare(CLONE_FS) failed: {e.strerror}; closing")
             return
@@ -348,7 +347,7 @@ class Connection:
 
     def op_statfs(self, r: P.Statfs) -> P.ProxyStatFS:
         with _dirfd(self.export.resolve(r.path)) as fd:
-            return P.ProxyStatFS(*_sys.fstatfs(fd))
+            return P.ProxyStatFS(*syscalls.fstatfs(fd))
 
     def op_chmod(self, r: P.Chmod) -> int:
         with _dirfd(self.export.resolve(r.path)) as fd:
@@ -378,8 +377,8 @@ class Connection:
     def op_utime(self, r: P.Utime) -> int:
         d, name = self.export.parent(r.path)
         with _dirfd(d):
-            _sys.utimensat(d, name, (r.atime_sec, r.atime_nsec), (r.mtime_sec, r.mtime_nsec),
-                           _sys.AT_SYMLINK_NOFOLLOW)
+            syscalls.utimensat(d, name, (r.atime_sec, r.atime_nsec), (r.mtime_sec, r.mtime_nsec),
+                           syscalls.AT_SYMLINK_NOFOLLOW)
         return 0
 
     def op_rename(self, r: P.Rename) -> int:
@@ -421,14 +420,14 @@ class Connection:
         if size < 0:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
         name = self._in_dir(r.path)
-        return self._sized(size, _sys.lgetxattr(name, r.name, size))
+        return self._sized(size, syscalls.lgetxattr(name, r.name, size))
 
     def op_listxattr(self, r: P.Llistxattr):
         size = r.size if r.size < 1 << 31 else -1
         if size < 0:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
         name = self._in_dir(r.path)
-        return self._sized(size, _sys.llistxattr(name, size))
+        return self._sized(size, syscalls.llistxattr(name, size))
 
     def op_setxattr(self, r: P.Lsetxattr) -> int:
         _nul_free(r.name)

@@ -505,3 +505,18 @@ def test_make_model_defaults_and_aliases() -> None:
         assert model.name in (XATTR, FILE)
     assert make_model(FILE).hidden_names == {".virtfs_metadata", ".virtfs_metadata_root"}
     assert not make_model(XATTR).hidden_names
+
+
+@only_file
+async def test_directory_nlink_does_not_count_the_metadata_directory(fs: Fs) -> None:
+    await fs.backend.mkdir(fs.root, "d", 0o755, CRED)
+    d = await fs.walk("d")
+    for sub in ("a", "b"):
+        await fs.backend.mkdir(d, sub, 0o755, CRED)
+    assert fs.host("d/.virtfs_metadata").is_dir()
+    assert os.lstat(fs.host("d")).st_nlink == 5  # ., a/.., b/.., .virtfs_metadata/..
+    _, st = await fs.getattr("d")
+    assert st.nlink == 4  # what the guest's `stat -c %h` must show
+    opened = await fs.open("d", os.O_RDONLY | os.O_DIRECTORY)
+    _, st = await fs.backend.getattr(opened)
+    assert st.nlink == 4

@@ -167,9 +167,9 @@ def proc_in_export(tree):
 
 
 def _drop_bounding_set():
-    from ninep.helper import _sys
-    for cap in range(_sys.cap_last_cap() + 1):
-        _sys.prctl(_sys.PR_CAPBSET_DROP, cap)
+    from ninep import syscalls
+    for cap in range(syscalls.cap_last_cap() + 1):
+        syscalls.prctl(syscalls.PR_CAPBSET_DROP, cap)
 
 
 @pytest.fixture

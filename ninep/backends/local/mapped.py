@@ -414,8 +414,13 @@ class MappedFileModel(MappedModel):
         with super()._pinned(dirfd, name, fd) as pfd:
             yield pfd
 
+    def stat(self, dirfd: int, name: str) -> Stat:
+        with self._pinned(dirfd, name, None) as pfd:
+            return _without_meta_link(pfd, self.load(dirfd, name, pfd).over(os.fstat(pfd)))
+
     def fstat(self, fd: int) -> Stat:
-        return Stat.from_os(os.fstat(fd))  # no name, no metadata: QEMU's partial result
+        # no name, no metadata: QEMU's partial result
+        return _without_meta_link(fd, Stat.from_os(os.fstat(fd)))
 
     def fstat_open(self, fd: int, at: Callable[[Callable[[int, str], Stat]], Stat]) -> Stat:
         """By name if that name is still this file (QEMU falls back to lstat), else
@@ -427,9 +432,9 @@ class MappedFileModel(MappedModel):
                 raise FileNotFoundError(errno.ENOENT, "renamed or unlinked")
             return self.load(dirfd, name, fd).over(host)
         try:
-            return at(by_name)
+            return _without_meta_link(fd, at(by_name))
         except OSError:
-            return Stat.from_os(host)
+            return self.fstat(fd)
 
     # -- keeping metadata in step with the namespace ----------------------------------
     def _drop(self, dirfd: int, name: str) -> None:
@@ -542,6 +547,18 @@ class MappedFileModel(MappedModel):
         """Writing user.virtfs.* here would forge owners for a later mapped-xattr server."""
         if name.startswith(XATTR_PREFIX):
             raise OSError(errno.EACCES, "reserved xattr name")
+
+
+def _without_meta_link(dirfd: int, st: Stat) -> Stat:
+    """A directory's link count as the guest sees it: the hidden metadata
+    directory inside it is not one of its subdirectories (QEMU counts it)."""
+    if st_.S_ISDIR(st.mode) and st.nlink > 2:
+        try:
+            os.stat(META_DIR, dir_fd=dirfd, follow_symlinks=False)
+        except OSError:
+            return st
+        st.nlink -= 1
+    return st
 
 
 __all__ = ["MappedModel", "MappedXattrModel", "MappedFileModel", "Meta", "META_DIR", "META_ROOT",
