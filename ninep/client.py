@@ -15,6 +15,7 @@ import asyncio
 import errno
 import itertools
 import os
+import socket
 import struct
 from typing import Any
 
@@ -31,6 +32,8 @@ class Client:
         self._tags = itertools.cycle(range(0, 0xFFFF))
         self._fids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
+        #: Why the connection is gone (set once the read loop has ended).
+        self._lost: Exception | None = None
         self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
 
     # --- connection -----------------------------------------------------------------
@@ -45,6 +48,14 @@ class Client:
     @classmethod
     async def connect_tcp(cls, host: str, port: int, msize: int = 512000) -> Client:
         r, w = await asyncio.open_connection(host, port, limit=msize + 4096)
+        c = cls(r, w)
+        await c.version(msize)
+        return c
+
+    @classmethod
+    async def connect_socket(cls, sock: socket.socket, msize: int = 512000) -> Client:
+        """A client over an already connected stream socket (e.g. a socketpair end)."""
+        r, w = await asyncio.open_connection(sock=sock, limit=msize + 4096)
         c = cls(r, w)
         await c.version(msize)
         return c
@@ -69,16 +80,26 @@ class Client:
             while True:
                 head = await self.reader.readexactly(4)
                 (size,) = _SIZE.unpack(head)
+                if not p.HEADER_SIZE <= size <= max(self.msize, 8192):
+                    raise p.ProtocolError(f"server sent a frame of size {size} (msize {self.msize})")
                 frame = head + await self.reader.readexactly(size - 4)
                 tag, msg = p.decode(frame)
                 fut = self._pending.pop(tag, None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
         except (asyncio.IncompleteReadError, ConnectionError, p.ProtocolError) as exc:
-            for fut in self._pending.values():
-                if not fut.done():
-                    fut.set_exception(ConnectionError(f"connection lost: {exc}"))
-            self._pending.clear()
+            self._fail_pending(ConnectionError(f"connection lost: {exc}"))
+        finally:
+            # Cancelled by close(), or anything unexpected: nobody may wait forever.
+            self._fail_pending(ConnectionError("connection closed"))
+
+    def _fail_pending(self, exc: Exception) -> None:
+        if self._lost is None:
+            self._lost = exc
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._pending.clear()
 
     # --- raw requests --------------------------------------------------------------------
 
@@ -88,16 +109,27 @@ class Client:
     def send_raw(self, frame: bytes) -> None:
         self.writer.write(frame)
 
+    def new_tag(self) -> int:
+        """A tag no request of this client is waiting on."""
+        tag = next(self._tags)
+        while tag in self._pending:
+            tag = next(self._tags)
+        return tag
+
     def start(self, msg: Any, tag: int | None = None) -> tuple[int, asyncio.Future]:
         """Send *msg* without waiting; returns (tag, future of the reply message)."""
-        if tag is None:
-            tag = next(self._tags)
-            while tag in self._pending:
-                tag = next(self._tags)
+        tag = self.new_tag() if tag is None else tag
+        return tag, self.start_frame(p.encode(msg, tag), tag)
+
+    def start_frame(self, frame: bytes, tag: int) -> asyncio.Future:
+        """Send an already encoded (possibly malformed) *frame*; the future gets
+        the reply to *tag*, or ConnectionError once the connection is gone."""
+        if self._lost is not None:
+            raise ConnectionError(f"not connected: {self._lost}")
         fut = asyncio.get_running_loop().create_future()
         self._pending[tag] = fut
-        self.writer.write(p.encode(msg, tag))
-        return tag, fut
+        self.writer.write(frame)
+        return fut
 
     async def rpc(self, msg: Any) -> Any:
         _, fut = self.start(msg)

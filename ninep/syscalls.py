@@ -68,11 +68,13 @@ def openat2(dirfd: int, path: str | bytes, flags: int, mode: int = 0, resolve: i
 
 def have_openat2() -> bool:
     """True when the running kernel implements openat2 (Linux >= 5.6)."""
+    root = os.open("/", os.O_PATH | os.O_CLOEXEC)
     try:
-        fd = openat2(os.open("/", os.O_PATH), ".", os.O_PATH, 0, RESOLVE_CONFINED)
+        os.close(openat2(root, ".", os.O_PATH | os.O_CLOEXEC, 0, RESOLVE_CONFINED))
     except OSError:
         return False
-    os.close(fd)
+    finally:
+        os.close(root)
     return True
 
 

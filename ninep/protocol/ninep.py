@@ -145,6 +145,11 @@ QidFormat = cs.ExprAdapter(
 )
 QID = struct.Struct("<BIQ")
 u8, u16, u32, u64 = cs.Int8ul, cs.Int16ul, cs.Int32ul, cs.Int64ul
+#: count[4] data[count].  Wrapped in an (identity) adapter so that it is parsed
+#: by the interpreter, not the compiler: compiled ``Prefixed`` does not check
+#: that *count* bytes are really there and would accept a short frame.
+Data = cs.ExprAdapter(cs.Prefixed(u32, cs.GreedyBytes), lambda obj, ctx: obj,
+                      lambda obj, ctx: obj)
 
 
 # --- message registry -------------------------------------------------------------------
@@ -346,7 +351,7 @@ class Treaddir(NamedTuple):
     offset: int
     count: int
 
-@message(41, "data" / cs.Prefixed(u32, cs.GreedyBytes))
+@message(41, "data" / Data)
 class Rreaddir(NamedTuple):
     data: bytes
 
@@ -491,11 +496,11 @@ class Tread(NamedTuple):
     offset: int
     count: int
 
-@message(117, "data" / cs.Prefixed(u32, cs.GreedyBytes))
+@message(117, "data" / Data)
 class Rread(NamedTuple):
     data: bytes
 
-@message(118, "fid" / u32, "offset" / u64, "data" / cs.Prefixed(u32, cs.GreedyBytes))
+@message(118, "fid" / u32, "offset" / u64, "data" / Data)
 class Twrite(NamedTuple):
     fid: int
     offset: int
@@ -550,15 +555,18 @@ def decode_body(msgtype: int, body: bytes | memoryview, tag: int | None = None) 
         raise ProtocolError(f"unknown message type {msgtype}", tag, msgtype)
     try:
         values = spec.fmt.parse(body)
-    except (cs.ConstructError, UnicodeError, ValueError, OverflowError) as exc:
+    except (cs.ConstructError, struct.error, UnicodeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"malformed {spec.cls.__name__}: {str(exc).splitlines()[-1]}",
                             tag, msgtype) from None
     return spec.cls(*[values[name] for name in spec.cls._fields])
 
 
-def decode(frame: bytes | memoryview) -> tuple[int, Any]:
-    """Decode a complete frame into ``(tag, message)``."""
+def decode(frame: bytes | memoryview, msize: int | None = None) -> tuple[int, Any]:
+    """Decode a complete frame into ``(tag, message)``; a frame larger than the
+    negotiated *msize* (when given) is a ProtocolError too."""
     size, msgtype, tag = decode_header(frame)
+    if msize is not None and size > msize:
+        raise ProtocolError(f"size field {size} exceeds msize {msize}", tag, msgtype)
     if size != len(frame):
         raise ProtocolError(f"size field {size} != frame length {len(frame)}", tag, msgtype)
     return tag, decode_body(msgtype, memoryview(frame)[HEADER_SIZE:], tag)

@@ -57,9 +57,6 @@ class FidTable:
         self.check_free(fid)
         self._fids[fid] = entry
 
-    def replace(self, fid: int, entry: Fid) -> None:
-        self._fids[fid] = entry
-
     def pop(self, fid: int) -> Fid:
         try:
             return self._fids.pop(fid)

@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ..backends.base import UTIME_NOW, Backend, Credentials, SetAttr, Stat, qid_type
 from ..protocol import ninep as p
@@ -21,6 +21,7 @@ from ..transport.base import ReplySink, Segments, gather, scatter, slice_segment
 from .fids import Fid, FidKind, FidTable
 
 log = logging.getLogger("ninep.session")
+T = TypeVar("T")
 
 XATTR_SIZE_MAX = 64 * 1024
 
@@ -66,8 +67,8 @@ def _check_new_name(name: str, dot_errno: int = errno.EEXIST) -> None:
 _MODIFYING = frozenset({
     p.Tlcreate.TYPE, p.Tsymlink.TYPE, p.Tmknod.TYPE, p.Trename.TYPE, p.Tsetattr.TYPE,
     p.Txattrcreate.TYPE, p.Tlink.TYPE, p.Tmkdir.TYPE, p.Trenameat.TYPE, p.Tunlinkat.TYPE,
-    p.Tremove.TYPE, p.Twrite.TYPE,
-})
+    p.Twrite.TYPE,
+})  # Tremove and Tlopen check for themselves: a refused Tremove still clunks.
 
 
 @dataclass(slots=True)
@@ -83,6 +84,7 @@ class _InFlight:
     task: asyncio.Task
     sink: ReplySink
     started: bool = False
+    finished: bool = False  # _run ended (so it answered or dropped its sink)
 
 
 class Session:
@@ -96,6 +98,8 @@ class Session:
         self._inflight: dict[int, _InFlight] = {}
         self._admission = asyncio.Semaphore(self.config.max_inflight)
         self._closed = False
+        #: id(fid) -> done-future of the Tlopen/Tlcreate running on it (see _opening_of).
+        self._opening: dict[int, asyncio.Future] = {}
         self._handlers: dict[int, Callable[..., Coroutine[Any, Any, Any]]] = {
             spec.type: getattr(self, "_" + spec.cls.__name__)
             for spec in p.BY_TYPE.values() if hasattr(self, "_" + spec.cls.__name__)
@@ -143,6 +147,11 @@ class Session:
     def inflight(self) -> int:
         return len(self._inflight)
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` began: no new request is accepted."""
+        return self._closed
+
     # --- request lifecycle ----------------------------------------------------------------
 
     async def _run(self, request: Segments, msgtype: int, tag: int, sink: ReplySink) -> None:
@@ -155,6 +164,8 @@ class Session:
         except asyncio.CancelledError:
             self._reply_error(sink, tag, errno.EINTR, flushed=True)
         finally:
+            if entry is not None:
+                entry.finished = True
             if self._inflight.get(tag) is entry:
                 self._inflight.pop(tag, None)
 
@@ -180,11 +191,17 @@ class Session:
                     await self._treaddir(msg, tag, sink)
                     return
                 reply = await handler(msg)  # type: ignore[misc]
+            frame = p.encode_fast(reply, tag)  # in the try: an unencodable reply still answers
         except OSError as exc:
             self._reply_error(sink, tag, exc.errno or errno.EIO)
             return
         except p.ProtocolError as exc:
             log.warning("tag %d: %s", tag, exc)
+            self._reply_error(sink, tag, errno.EINVAL)
+            return
+        except OverflowError:
+            # A guest u32/u64 (size, offset, device number...) that the host's
+            # signed C types cannot hold: the syscall would have said EINVAL.
             self._reply_error(sink, tag, errno.EINVAL)
             return
         except asyncio.CancelledError:
@@ -193,7 +210,7 @@ class Session:
             log.exception("tag %d: internal error handling %s", tag, p.NAMES.get(msgtype))
             self._reply_error(sink, tag, errno.EIO)
             return
-        self._send(sink, p.encode_fast(reply, tag))
+        self._send(sink, frame)
 
     def _send(self, sink: ReplySink, frame: bytes) -> None:
         if len(frame) > sink.capacity:
@@ -222,25 +239,56 @@ class Session:
                 entry.task.cancel()
             # A flushed request never answers after its Rflush.
             await asyncio.gather(entry.task, return_exceptions=True)
+            self._drop_unrun(msg.oldtag, entry)
         sink.send(p.encode(p.Rflush(), tag))
+
+    def _drop_unrun(self, tag: int, entry: _InFlight) -> None:
+        """A request cancelled before its task ever ran skipped _run's cleanup and
+        never answered: forget its tag and drop its sink now (so a virtqueue
+        still gets its buffers back)."""
+        if self._inflight.get(tag) is entry:
+            del self._inflight[tag]
+        if not entry.finished:
+            entry.finished = True
+            self._reply_error(entry.sink, tag, errno.EINTR, flushed=True)
 
     async def _abort_all(self) -> None:
         """Cancel what has not started, wait for the rest, release every fid."""
         current = asyncio.current_task()
-        others = [e for e in self._inflight.values() if e.task is not current]
-        for entry in others:
+        others = [(t, e) for t, e in self._inflight.items() if e.task is not current]
+        for _, entry in others:
             if not entry.started:
                 entry.task.cancel()
         if others:
-            await asyncio.gather(*(e.task for e in others), return_exceptions=True)
+            await asyncio.gather(*(e.task for _, e in others), return_exceptions=True)
+        for tag, entry in others:
+            self._drop_unrun(tag, entry)
         for fid in self.fids.drain():
             await self._release(fid)
 
     async def _release(self, fid: Fid) -> None:
+        opening = self._opening.get(id(fid))
+        if opening is not None:  # clunk after the open, or the fd it makes leaks
+            await asyncio.shield(opening)
         try:
             await self.backend.clunk(fid.node)
         except Exception:  # clunk must not fail, but never let it leak out
             log.exception("clunk failed")
+
+    async def _install(self, fid_no: int, entry: Fid, replace: bool = False) -> None:
+        """Put *entry* at *fid_no* (a new fid, or in place of the old one).
+
+        The number was checked before the back-end call, but another request
+        may have taken it meanwhile: then the new node is released, not leaked.
+        """
+        try:
+            old = self.fids.pop(fid_no) if replace else None
+            self.fids.add(fid_no, entry)
+        except OSError:  # clunked, or taken, while the back end worked
+            await self._release(entry)
+            raise
+        if old is not None:
+            await self._release(old)
 
     # --- session messages -------------------------------------------------------------------
 
@@ -249,7 +297,8 @@ class Session:
         if msg.msize < 4096:
             raise OSError(errno.EINVAL, "msize too small")
         self.msize = min(msg.msize, self.config.msize)
-        version = p.VERSION_9P2000L if msg.version.startswith(p.VERSION_9P2000L) else "unknown"
+        dotl = msg.version == p.VERSION_9P2000L or msg.version.startswith(p.VERSION_9P2000L + ".")
+        version = p.VERSION_9P2000L if dotl else "unknown"
         return p.Rversion(self.msize, version)
 
     async def _Tauth(self, msg: p.Tauth) -> Any:
@@ -261,7 +310,7 @@ class Session:
         self.fids.check_free(msg.fid)
         uid = msg.n_uname if msg.n_uname != p.NOFID else 0
         node, qid = await self.backend.attach(msg.uname, uid, msg.aname)
-        self.fids.add(msg.fid, Fid(node, uid, is_dir=True))
+        await self._install(msg.fid, Fid(node, uid, is_dir=True))
         return p.Rattach(qid)
 
     async def _Twalk(self, msg: p.Twalk) -> p.Rwalk:
@@ -277,17 +326,8 @@ class Session:
         qids, node = await self.backend.walk(fid.node, list(msg.wnames))
         if node is not None:
             is_dir = bool(qids[-1].type & p.QTDIR) if qids else fid.is_dir
-            entry = Fid(node, fid.uid, is_dir=is_dir)
-            if msg.newfid == msg.fid:
-                old = self.fids.pop(msg.fid)
-                self.fids.replace(msg.fid, entry)
-                await self._release(old)
-            else:
-                try:
-                    self.fids.add(msg.newfid, entry)
-                except OSError:  # raced with another request taking newfid
-                    await self._release(entry)
-                    raise
+            await self._install(msg.newfid, Fid(node, fid.uid, is_dir=is_dir),
+                                replace=msg.newfid == msg.fid)
         return p.Rwalk(qids)
 
     async def _Tclunk(self, msg: p.Tclunk) -> p.Rclunk:
@@ -302,6 +342,8 @@ class Session:
     async def _Tremove(self, msg: p.Tremove) -> p.Rremove:
         fid = self.fids.pop(msg.fid)
         try:
+            if self.config.readonly:
+                raise OSError(errno.EROFS, "read-only export")
             await self.backend.remove(fid.node)
         finally:
             await self._release(fid)
@@ -364,11 +406,27 @@ class Session:
         flags = dotl_to_host_flags(msg.flags)
         if self.config.readonly and (flags & 3 != os.O_RDONLY or flags & os.O_TRUNC):
             raise OSError(errno.EROFS, "read-only export")
-        qid, iounit = await self.backend.open(fid.node, flags)
+        qid, iounit = await self._opening_of(fid, self.backend.open(fid.node, flags))
         fid.kind = FidKind.OPEN
         fid.is_dir = bool(qid.type & p.QTDIR)
         fid.open_flags = flags
         return p.Rlopen(qid, self._iounit(iounit))
+
+    async def _opening_of(self, fid: Fid, opener: Coroutine[Any, Any, T]) -> T:
+        """Run the back end's open/create of *fid*'s node, one at a time per fid,
+        with any clunk of it held until the open is done (the back end may not
+        see those concurrently: two opens, or a clunk before the fd exists,
+        would leak an fd)."""
+        if id(fid) in self._opening:
+            opener.close()
+            raise OSError(errno.EINVAL, "fid is already being opened")
+        done = asyncio.get_running_loop().create_future()
+        self._opening[id(fid)] = done
+        try:
+            return await opener
+        finally:
+            del self._opening[id(fid)]
+            done.set_result(None)
 
     def _iounit(self, backend_iounit: int) -> int:
         limit = self.msize - p.IOHDRSZ
@@ -380,8 +438,8 @@ class Session:
             raise OSError(errno.ENOTDIR, "not a directory")
         _check_new_name(msg.name)
         flags = dotl_to_host_flags(msg.flags, create=True)
-        qid, iounit = await self.backend.create(fid.node, msg.name, flags, msg.mode & 0o7777,
-                                                Credentials(fid.uid, msg.gid))
+        qid, iounit = await self._opening_of(fid, self.backend.create(
+            fid.node, msg.name, flags, msg.mode & 0o7777, Credentials(fid.uid, msg.gid)))
         fid.kind = FidKind.OPEN
         fid.is_dir = False
         fid.open_flags = flags
@@ -487,8 +545,7 @@ class Session:
         if start + count != length:
             raise p.ProtocolError("Twrite count does not match its frame")
         fid = self.fids.get(fid_no)
-        if count > self.msize - p.IOHDRSZ:
-            raise OSError(errno.EINVAL, "write larger than msize")
+        count = min(count, self.msize - p.IOHDRSZ)  # Rwrite tells the client how much
         if fid.kind is FidKind.XATTR_WRITE:
             return p.Rwrite(self._xattr_write(fid, offset, gather(request, start, count)))
         if fid.kind is not FidKind.OPEN:
@@ -521,6 +578,8 @@ class Session:
         fid = self.fids.get(msg.fid)
         if msg.newfid != msg.fid:
             self.fids.check_free(msg.newfid)
+        if "\0" in msg.name:
+            raise OSError(errno.EINVAL, "bad xattr name")
         if msg.name:
             value = await self.backend.xattr_get(fid.node, msg.name)
         else:
@@ -530,12 +589,7 @@ class Session:
         qids, node = await self.backend.walk(fid.node, [])
         entry = Fid(node, fid.uid, kind=FidKind.XATTR_READ, xattr_name=msg.name,
                     xattr_value=bytearray(value))
-        if msg.newfid == msg.fid:
-            old = self.fids.pop(msg.fid)
-            self.fids.replace(msg.fid, entry)
-            await self._release(old)
-        else:
-            self.fids.add(msg.newfid, entry)
+        await self._install(msg.newfid, entry, replace=msg.newfid == msg.fid)
         return p.Rxattrwalk(len(value))
 
     async def _Txattrcreate(self, msg: p.Txattrcreate) -> p.Rxattrcreate:
@@ -560,7 +614,9 @@ class Session:
     async def _commit_xattr(self, fid: Fid) -> None:
         if len(fid.xattr_value) != fid.xattr_size:
             raise OSError(errno.EINVAL, "xattr value shorter than announced")
-        if fid.xattr_size == 0 and fid.xattr_flags == 0:
+        if fid.xattr_size == 0:
+            # Linux's removexattr is Txattrcreate(size 0, XATTR_REPLACE); QEMU
+            # removes on any empty value, so a guest cannot set one either way.
             await self.backend.xattr_remove(fid.node, fid.xattr_name)
         else:
             await self.backend.xattr_set(fid.node, fid.xattr_name, bytes(fid.xattr_value),
@@ -590,11 +646,24 @@ class Session:
 
 
 def rgetattr(qid: p.Qid, st: Stat) -> p.Rgetattr:
-    """Rgetattr for a stat (all basic fields are always valid)."""
+    """Rgetattr for a stat, whatever the request mask asked.
+
+    Like QEMU, the reply always carries every basic field (mode .. blocks),
+    since one stat call yields them all and the mask is only a hint (Linux
+    asks for GETATTR_ALL or GETATTR_BASIC anyway).  Of the rest only btime is
+    reported, when the back end knows it; gen and data_version never are.
+    """
+    valid = p.GETATTR_BASIC | (p.GETATTR_BTIME if st.btime_ns else 0)
     return p.Rgetattr(
-        p.GETATTR_BASIC, qid, st.mode, st.uid, st.gid, st.nlink, st.rdev, st.size, st.blksize,
-        st.blocks, st.atime_ns // 10**9, st.atime_ns % 10**9, st.mtime_ns // 10**9,
-        st.mtime_ns % 10**9, st.ctime_ns // 10**9, st.ctime_ns % 10**9, 0, 0, 0, 0)
+        valid, qid, st.mode, st.uid, st.gid, st.nlink, st.rdev, st.size, st.blksize,
+        st.blocks, *_timespec(st.atime_ns), *_timespec(st.mtime_ns), *_timespec(st.ctime_ns),
+        *_timespec(st.btime_ns), 0, 0)
+
+
+def _timespec(ns: int) -> tuple[int, int]:
+    """(sec, nsec) of a host time.  Times before 1970 go out as the u64 two's
+    complement of the seconds, as QEMU sends them and Linux's client reads them."""
+    return (ns // 10**9) & 0xFFFFFFFFFFFFFFFF, ns % 10**9
 
 
 __all__ = ["Session", "SessionConfig", "dotl_to_host_flags", "rgetattr", "qid_type"]

@@ -8,9 +8,12 @@ connection with a one-line log and the others carry on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import os
 import socket
+import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +50,14 @@ class ListenAddress:
             return cls("fd", fd=int(rest))
         raise ValueError(f"--listen: expected unix:PATH, tcp:HOST:PORT or fd:N, not {text!r}")
 
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        if self.kind == "tcp":
+            return f"tcp:[{self.host}]:{self.port}" if ":" in self.host else \
+                f"tcp:{self.host}:{self.port}"
+        return f"fd:{self.fd}"
+
 
 class StreamConnection:
     """One client connection: reads frames, feeds a Session, writes replies."""
@@ -61,8 +72,13 @@ class StreamConnection:
         if not self.writer.is_closing():
             self.writer.write(data)
 
+    def close(self) -> None:
+        """End the connection from our side: :meth:`run` then sees EOF and
+        cleans up as after a client disconnect (the session releases its fids)."""
+        self.writer.close()
+
     async def run(self) -> None:
-        peer = self.writer.get_extra_info("peername") or "fd"
+        peer = self.writer.get_extra_info("peername") or "a local peer"
         try:
             while True:
                 head = await self.reader.readexactly(4)
@@ -97,32 +113,45 @@ class StreamServer:
         self.config = config
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task] = set()
+        self._streams: set[StreamConnection] = set()
+        self._unix_path: str | None = None
+        self._closing = False
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = StreamConnection(reader, writer, Session(self.backend_factory(), self.config))
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
         try:
-            await conn.run()
+            if self._closing:
+                writer.close()
+                return
+            sock = writer.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = StreamConnection(reader, writer, Session(self.backend_factory(), self.config))
+            self._streams.add(conn)
+            try:
+                await conn.run()
+            finally:
+                self._streams.discard(conn)
+        except asyncio.CancelledError:
+            pass  # the loop is going away; a cancelled handler makes asyncio log noise
         finally:
             self._connections.discard(task)
 
     async def start(self, address: ListenAddress) -> None:
         limit = self.config.msize + 4096
         if address.kind == "unix":
-            if os.path.exists(address.path):
-                os.unlink(address.path)
-            self._server = await asyncio.start_unix_server(self._handle, address.path, limit=limit)
+            sock = _listening_unix_socket(address.path)
+            self._server = await asyncio.start_unix_server(self._handle, sock=sock, limit=limit)
+            self._unix_path = address.path
         elif address.kind == "tcp":
             self._server = await asyncio.start_server(self._handle, address.host, address.port,
                                                       limit=limit)
         else:
             sock = socket.socket(fileno=address.fd)
             if sock.type != socket.SOCK_STREAM:
+                sock.close()
                 raise ValueError(f"--listen fd:{address.fd} is not a stream socket")
             try:
                 sock.getpeername()
@@ -140,17 +169,71 @@ class StreamServer:
     def sockets(self) -> list[socket.socket]:
         return list(self._server.sockets) if self._server else []
 
+    @property
+    def sessions(self) -> list[Session]:
+        """The sessions of the connections open now."""
+        return [conn.session for conn in self._streams]
+
     async def serve_forever(self) -> None:
         if self._server is not None:
             await self._server.serve_forever()
         else:
-            while self._connections:
-                await asyncio.gather(*self._connections, return_exceptions=True)
+            await self.join_connections()
+
+    async def join_connections(self) -> None:
+        """Wait until every connection has ended (and its session released its fids).
+
+        Cancelling the wait leaves the connections alone (unlike ``gather``),
+        so a cancelled serve_forever never interrupts a session's cleanup.
+        """
+        while self._connections:
+            await asyncio.wait(set(self._connections))
 
     async def close(self) -> None:
+        """Stop listening, end every connection, remove our Unix socket."""
+        self._closing = True
         if self._server is not None:
             self._server.close()
+        # Closing (not cancelling) lets each session finish and release its fids.
+        for conn in list(self._streams):
+            conn.close()
+        await self.join_connections()
+        if self._server is not None:
             await self._server.wait_closed()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._unix_path is not None:
+            _remove_stale_socket(self._unix_path)
+            self._unix_path = None
+
+
+def _listening_unix_socket(path: str) -> socket.socket:
+    """A socket listening at *path*, which appears only once it accepts.
+
+    It is bound at ``path~`` and renamed into place after listen(), so a
+    client (or QEMU, or a test) that waits for the path to exist never meets
+    a refused connection.
+    """
+    _remove_stale_socket(path)
+    tmp = path + "~"
+    _remove_stale_socket(tmp)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(tmp)
+        sock.listen(socket.SOMAXCONN)
+        os.rename(tmp, path)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return sock
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Unlink a leftover socket at *path*; refuse to clobber anything else."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
+    os.unlink(path)

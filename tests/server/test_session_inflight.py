@@ -1,0 +1,148 @@
+"""Requests in flight: completion order, Tflush, disconnects.
+
+A :class:`GatedBackend` holds ``statfs``/``readlink`` until its gate opens,
+so "slow" means "blocked until the test says so"; nothing is timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from pathlib import Path
+
+from ninep.backends.local import LocalBackend
+from ninep.protocol import ninep as p
+from ninep.server.session import SessionConfig
+
+
+async def until(predicate, attempts: int = 1000) -> None:
+    """Yield to the loop until *predicate()* holds (bounded, not timed)."""
+    for _ in range(attempts):
+        if predicate():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition never became true")
+
+
+async def test_a_slow_request_does_not_block_a_fast_one(serve, gated) -> None:
+    client = await (await serve(backend=gated)).connect()
+    root = await client.attach()
+    _, slow = client.start(p.Tstatfs(root))
+    await gated.wait_entered(1)
+    for _ in range(3):
+        assert (await client.getattr(root)).qid.type == p.QTDIR
+    assert not slow.done()
+    gated.gate.set()
+    assert isinstance(await slow, p.Rstatfs)
+
+
+async def test_many_requests_in_flight_all_answer(serve, gated) -> None:
+    client = await (await serve(backend=gated)).connect()
+    root = await client.attach()
+    slow = [client.start(p.Tstatfs(root))[1] for _ in range(20)]
+    fast = [client.start(p.Tgetattr(root, p.GETATTR_BASIC))[1] for _ in range(20)]
+    await asyncio.gather(*fast)
+    await gated.wait_entered(20)
+    assert not any(f.done() for f in slow)
+    gated.gate.set()
+    assert all(isinstance(r, p.Rstatfs) for r in await asyncio.gather(*slow))
+
+
+async def test_flush_of_a_started_request_lets_it_finish_first(serve, gated) -> None:
+    client = await (await serve(backend=gated)).connect()
+    root = await client.attach()
+    tag, slow = client.start(p.Tstatfs(root))
+    await gated.wait_entered(1)
+    _, flush = client.start(p.Tflush(tag))
+    await client.getattr(root)
+    assert not flush.done()  # Rflush waits for the started request
+    gated.gate.set()
+    assert await flush == p.Rflush()
+    assert slow.done() and isinstance(slow.result(), p.Rstatfs)  # it answered before Rflush
+
+
+async def test_flush_of_a_queued_request_cancels_it(serve, gated) -> None:
+    """With one request admitted at a time, the second one has not started:
+    Tflush cancels it at once, it never answers, and its tag is free again."""
+    client = await (await serve(SessionConfig(max_inflight=1), backend=gated)).connect()
+    root = await client.attach()
+    _, first = client.start(p.Tstatfs(root))
+    await gated.wait_entered(1)
+    queued_tag, queued = client.start(p.Treadlink(root))
+    assert await client.rpc(p.Tflush(queued_tag)) == p.Rflush()
+    assert not first.done()
+    gated.gate.set()
+    assert isinstance(await first, p.Rstatfs)
+    await client.getattr(root)
+    assert gated.entered == 1  # the flushed readlink never reached the back end
+    assert not queued.done()  # and never answered
+    _, again = client.start(p.Tgetattr(root, p.GETATTR_BASIC), tag=queued_tag)
+    assert isinstance(await again, p.Rgetattr)
+
+
+async def test_flush_of_an_unknown_tag_answers_at_once(served) -> None:
+    assert await served.rpc(p.Tflush(1234)) == p.Rflush()
+
+
+async def test_flushed_request_never_answers_after_rflush(serve, gated) -> None:
+    """Several flushes in a row: every Rflush comes after its request's reply
+    (the client resolves futures in arrival order)."""
+    client = await (await serve(backend=gated)).connect()
+    root = await client.attach()
+    started = [client.start(p.Tstatfs(root)) for _ in range(5)]
+    await gated.wait_entered(5)
+    flushes = [client.start(p.Tflush(tag))[1] for tag, _ in started]
+    gated.gate.set()
+    for (_, reply), flush in zip(started, flushes):
+        assert await flush == p.Rflush()
+        assert reply.done()
+
+
+async def test_a_tag_in_use_is_refused(serve, gated) -> None:
+    client = await (await serve(backend=gated)).connect()
+    root = await client.attach()
+    tag, slow = client.start(p.Tstatfs(root))
+    await gated.wait_entered(1)
+    # (The client now waits on the duplicate under this tag, not on `slow`.)
+    duplicate = client.start_frame(p.encode(p.Tgetattr(root, 0), tag), tag)
+    assert await duplicate == p.Rlerror(errno.EINVAL)
+    assert not slow.done()
+    gated.gate.set()
+    assert (await client.getattr(root)).qid.type == p.QTDIR
+
+
+async def test_disconnect_with_requests_in_flight_releases_every_fd(
+        serve, gated, export: Path, fd_count) -> None:
+    (export / "f").write_text("data")
+    served = await serve(SessionConfig(max_inflight=3), backend=gated)
+    before = fd_count()
+    client = await served.connect()
+    root = await client.attach()
+    for _ in range(4):
+        await client.walk_open(root, ["f"])
+    dirfid = await client.walk_open(root, [])
+    for _ in range(5):  # three start, two wait for admission
+        client.start(p.Tstatfs(dirfid))
+    await gated.wait_entered(3)
+    session, = served.server.sessions
+    await client.close()
+    await until(lambda: session.closed)
+    gated.gate.set()
+    await served.server.join_connections()
+    assert fd_count() == before
+    assert gated.entered == 3  # the queued ones were cancelled, not run
+
+
+async def test_server_close_releases_every_fd(serve, export: Path, fd_count) -> None:
+    (export / "f").write_text("data")
+    backend = LocalBackend(str(export))
+    before = fd_count()
+    served = await serve(backend=backend)
+    client = await served.connect()
+    root = await client.attach()
+    for _ in range(3):
+        await client.walk_open(root, ["f"])
+    await served.server.close()
+    assert served.server.sessions == []
+    await client.close()
+    assert fd_count() == before  # listener, connection and the open files
