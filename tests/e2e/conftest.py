@@ -20,6 +20,7 @@ if str(_REPO) not in sys.path:  # so "tests.e2e.*" and "ninep" import from any r
 from tests.e2e.guest import GuestError, GuestImage, missing_host_tools  # noqa: E402
 from tests.e2e.servers import (  # noqa: E402
     DiodServer,
+    NinepServer,
     free_tcp_port,
     require,
     short_tempdir,
@@ -92,3 +93,17 @@ def proxy_helper(export_dir: Path, sock_dir: Path) -> Iterator[str]:
     proc = start_proxy_helper(export_dir, sock)
     yield sock
     stop(proc)
+
+
+@pytest.fixture
+def ninep_server(export_dir: Path, sock_dir: Path, tmp_path: Path,
+                 request: pytest.FixtureRequest) -> Iterator[NinepServer]:
+    """ninep serving ``export_dir`` on a Unix socket; extra CLI args via indirect param.
+
+    It must exit 0 on SIGTERM and never log a traceback.
+    """
+    extra = getattr(request, "param", ())
+    server = NinepServer(export_dir, sock_dir / "ninep.sock", tmp_path / "ninep.log", *extra)
+    yield server
+    assert server.stop() == 0, server.output()
+    assert "Traceback" not in server.output(), server.output()

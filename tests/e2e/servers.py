@@ -115,3 +115,32 @@ def start_proxy_helper(export: Path, sock: str) -> subprocess.Popen[bytes]:
 def short_tempdir() -> Path:
     """A fresh directory with a short path, for Unix sockets (108-byte limit)."""
     return Path(tempfile.mkdtemp(prefix="ninep-e2e-"))
+
+
+class NinepServer:
+    """``python -m ninep`` serving *export* on a Unix socket, for a guest's trans=fd."""
+
+    def __init__(self, export: Path, sock: Path, log: Path, *extra: str) -> None:
+        import sys
+
+        self.export = export
+        self.sock = str(sock)
+        self.log = log
+        self._logf = open(log, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ninep", "--export", str(export), "--listen", f"unix:{sock}", *extra],
+            stdin=subprocess.DEVNULL, stdout=self._logf, stderr=subprocess.STDOUT)
+        try:
+            wait_for_listener(self.sock, proc=self.proc, probe=False)
+        except GuestError as e:
+            self.stop()
+            raise GuestError(f"{e}\n--- ninep log ---\n{self.output()}") from None
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit status (ninep exits 0 on SIGTERM)."""
+        stop(self.proc)
+        self._logf.close()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -9,55 +9,17 @@ show each model storing owners and special files the way it defines.
 from __future__ import annotations
 
 import os
-import signal
 import stat
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.guest import SMOKE_GROUPS, FdSocketShare, GuestImage, GuestResult, run_guest, run_smoke, \
-    wait_for_listener
+from tests.e2e.guest import SMOKE_GROUPS, FdSocketShare, GuestImage, GuestResult, run_guest, run_smoke
+from tests.e2e.servers import NinepServer
 
 pytestmark = pytest.mark.e2e
 
 MODELS = ("passthrough", "mapped-xattr", "mapped-file", "none")
-
-
-class NinepServer:
-    def __init__(self, export: Path, sock: Path, log: Path, *extra: str) -> None:
-        self.sock = str(sock)
-        self.log = log
-        self._logf = open(log, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ninep", "--export", str(export), "--listen", f"unix:{sock}",
-             *extra], stdout=self._logf, stderr=subprocess.STDOUT)
-        wait_for_listener(self.sock, proc=self.proc, probe=False)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._logf.close()
-        return self.proc.returncode
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-@pytest.fixture
-def ninep_server(export_dir: Path, sock_dir: Path, tmp_path: Path, request) -> Iterator[NinepServer]:
-    extra = getattr(request, "param", ())
-    server = NinepServer(export_dir, sock_dir / "ninep.sock", tmp_path / "ninep.log", *extra)
-    yield server
-    assert server.stop() == 0, server.output()
-    assert "Traceback" not in server.output(), server.output()
 
 
 def _assert_all_pass(res: GuestResult, server: NinepServer) -> None:
