@@ -76,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--msize", type=_positive, default=512000)
     ap.add_argument("--threads", type=_positive, default=min(32, (os.cpu_count() or 1) * 4))
     ap.add_argument("--max-fids", type=_positive, default=65536)
-    ap.add_argument("--max-inflight", type=_positive, default=1024)
+    ap.add_argument("--max-inflight", type=_positive, default=1024,
+                    help="requests per session read but not yet answered")
+    ap.add_argument("--max-xattr-size", type=_positive, default=65536,
+                    help="largest xattr value a guest may read or set")
     ap.add_argument("--proxy-socket", help="proxy back end: connect to this helper socket")
     ap.add_argument("--proxy-fd", type=int, help="proxy back end: a connected helper socket fd")
     ap.add_argument("--log-level", type=_choice(LOG_LEVELS), default="info")
@@ -94,7 +97,7 @@ def make_backend(args: argparse.Namespace) -> Backend:
             raise ValueError("Invalid argument security_model specified with handle fsdriver")
         from .backends.handle import HandleBackend  # type: ignore[import-not-found]
         return HandleBackend(args.export, multidevs=args.multidevs, threads=args.threads)
-    from .backends.proxy import ProxyBackend  # type: ignore[import-not-found]
+    from .backends.proxy import ProxyBackend
     return ProxyBackend.from_args(args)
 
 
@@ -118,7 +121,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = None) -> None:
     backend = make_backend(args)
     config = SessionConfig(msize=args.msize, readonly=args.readonly, max_fids=args.max_fids,
-                           max_inflight=args.max_inflight)
+                           max_inflight=args.max_inflight, max_xattr_size=args.max_xattr_size)
     servers: list[StreamServer] = []
     tasks: list[asyncio.Task] = []
     # Before anything listens: a SIGTERM from whoever saw the socket appear

@@ -27,6 +27,7 @@ The ``/proc`` directory fd used for re-opening is opened before the chroot; only
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import itertools
@@ -168,6 +169,20 @@ def _nul_free(*names: bytes) -> None:
             raise OSError(errno.EINVAL, "embedded NUL")
 
 
+#: Request fields that QEMU's helper reads as C strings.
+_C_STRING_FIELDS = ("path", "oldpath", "newpath", "target", "name")
+
+
+def _without_c_terminators(req: P.Request) -> P.Request:
+    """QEMU's proxy client sends paths with their C terminator counted in the
+    string's length (its V9fsPath is ``"/\\0"``, size 2), and QEMU's helper
+    reads them as C strings.  Drop that one trailing NUL; a NUL anywhere
+    else is still refused (EINVAL)."""
+    changes = {f: value[:-1] for f in _C_STRING_FIELDS
+               if (value := getattr(req, f, None)) is not None and value.endswith(b"\0")}
+    return dataclasses.replace(req, **changes) if changes else req
+
+
 def _id(v: int) -> int:
     return -1 if v == _U32_NONE else v
 
@@ -269,7 +284,7 @@ class Connection:
     def _answer(self, req: P.Request) -> None:
         kind = P.reply_kind(req)
         try:
-            result = self._ops[req.TYPE](req)
+            result = self._ops[req.TYPE](_without_c_terminators(req))
         except OSError as e:
             result = -(e.errno or errno.EIO)
         except (ValueError, OverflowError):

@@ -36,6 +36,8 @@ from ninep.backends.handle import HandleBackend
 from ninep.backends.local import LocalBackend, make_model
 from ninep.protocol.ninep import Qid
 
+from .proxy_support import start_proxy_backend, start_proxy_qemu_helper_backend
+
 
 @dataclass(frozen=True)
 class Caps:
@@ -69,6 +71,9 @@ MAPPED = Caps(host_owners=False, host_modes=False, host_file_types=False)
 MAPPED_XATTR = MAPPED
 MAPPED_FILE = replace(MAPPED, metadata_by_name=True)
 HANDLE = Caps(nodes_are_paths=False)
+#: The helper runs creating requests under the caller's fsuid, which drops
+#: CAP_MKNOD for a non-root caller (as QEMU's helper does): no devices.
+PROXY = replace(PASSTHROUGH, mknod_devices=False)
 
 
 class BackendFactory(Protocol):
@@ -95,6 +100,8 @@ BACKENDS: dict[str, BackendSpec] = {
     "handle": BackendSpec(lambda export, **opts: HandleBackend(str(export), **opts), HANDLE),
     "local-mapped-xattr": BackendSpec(local_backend("mapped-xattr"), MAPPED_XATTR),
     "local-mapped-file": BackendSpec(local_backend("mapped-file"), MAPPED_FILE),
+    "proxy": BackendSpec(start_proxy_backend, PROXY),
+    "proxy-qemu-helper": BackendSpec(start_proxy_qemu_helper_backend, PROXY),
 }
 
 #: A caller that is neither the server (root) nor anyone else in the tests.
