@@ -76,7 +76,10 @@ class SessionConfig:
     msize: int = 512000
     readonly: bool = False
     max_fids: int = 65536
+    #: Requests read but not yet answered; at the cap the transport stops reading.
     max_inflight: int = 1024
+    #: Largest xattr value (or name list) a guest may read or set.
+    max_xattr_size: int = XATTR_SIZE_MAX
 
 
 @dataclass(slots=True)
@@ -97,6 +100,9 @@ class Session:
         self.fids = FidTable(self.config.max_fids)
         self._inflight: dict[int, _InFlight] = {}
         self._admission = asyncio.Semaphore(self.config.max_inflight)
+        self._outstanding = 0  # request tasks not yet finished (tagged, NOTAG and Tflush)
+        self._room = asyncio.Event()
+        self._room.set()
         self._closed = False
         #: id(fid) -> done-future of the Tlopen/Tlcreate running on it (see _opening_of).
         self._opening: dict[int, asyncio.Future] = {}
@@ -108,9 +114,11 @@ class Session:
     # --- entry points for transports -------------------------------------------------
 
     def submit(self, request: Segments, sink: ReplySink) -> None:
-        """Start handling one complete request; its reply goes to *sink*."""
-        if self._closed:
-            return
+        """Start handling one complete request; its reply goes to *sink*.
+
+        Every request gets exactly one reply, even on a closed session, so a
+        virtqueue can always return its descriptor chain.
+        """
         if len(request) == 1:
             head = request[0][:p.HEADER_SIZE]
         else:
@@ -126,16 +134,43 @@ class Session:
                         total_length(request))
             self._reply_error(sink, tag, errno.EINVAL)
             return
+        if self._closed:
+            self._reply_error(sink, tag, errno.ECONNABORTED)
+            return
         if msgtype == p.Tflush.TYPE:
             # Tflush is never queued behind the request it flushes.
-            asyncio.get_running_loop().create_task(self._flush(request, tag, sink))
+            self._track(self._flush(request, tag, sink))
             return
         if tag in self._inflight and tag != p.NOTAG:
             self._reply_error(sink, tag, errno.EINVAL)
             return
-        task = asyncio.get_running_loop().create_task(self._run(request, msgtype, tag, sink))
+        task = self._track(self._run(request, msgtype, tag, sink))
         if tag != p.NOTAG:
             self._inflight[tag] = _InFlight(task, sink)
+
+    def _track(self, request: Coroutine[Any, Any, None]) -> asyncio.Task:
+        """Start a request's task, counted against max_inflight until it ends."""
+        task = asyncio.get_running_loop().create_task(request)
+        self._outstanding += 1
+        if self._outstanding >= self.config.max_inflight:
+            self._room.clear()
+        task.add_done_callback(self._untrack)
+        return task
+
+    def _untrack(self, _task: asyncio.Task) -> None:
+        self._outstanding -= 1
+        if self._outstanding < self.config.max_inflight:
+            self._room.set()
+
+    @property
+    def full(self) -> bool:
+        """max_inflight requests are outstanding: a transport should read no more
+        until :meth:`room` returns (so a guest cannot pile up unbounded frames)."""
+        return self._outstanding >= self.config.max_inflight
+
+    async def room(self) -> None:
+        """Wait until fewer than max_inflight requests are outstanding."""
+        await self._room.wait()
 
     async def close(self) -> None:
         """The transport is gone: stop in-flight requests and release every fid."""
@@ -584,8 +619,8 @@ class Session:
             value = await self.backend.xattr_get(fid.node, msg.name)
         else:
             value = await self.backend.xattr_list(fid.node)
-        if len(value) > XATTR_SIZE_MAX:
-            raise OSError(errno.E2BIG, "xattr larger than 64 KiB")
+        if len(value) > self.config.max_xattr_size:
+            raise OSError(errno.E2BIG, "xattr larger than max_xattr_size")
         qids, node = await self.backend.walk(fid.node, [])
         entry = Fid(node, fid.uid, kind=FidKind.XATTR_READ, xattr_name=msg.name,
                     xattr_value=bytearray(value))
@@ -594,8 +629,8 @@ class Session:
 
     async def _Txattrcreate(self, msg: p.Txattrcreate) -> p.Rxattrcreate:
         fid = self._node_fid(msg.fid)
-        if msg.attr_size > XATTR_SIZE_MAX:
-            raise OSError(errno.E2BIG, "xattr larger than 64 KiB")
+        if msg.attr_size > self.config.max_xattr_size:
+            raise OSError(errno.E2BIG, "xattr larger than max_xattr_size")
         if not msg.name or "\0" in msg.name:
             raise OSError(errno.EINVAL, "bad xattr name")
         fid.kind = FidKind.XATTR_WRITE

@@ -8,6 +8,7 @@ connection with a one-line log and the others carry on.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import logging
@@ -19,12 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..backends.base import Backend
+from ..protocol.ninep import Tflush
 from ..server.session import Session, SessionConfig
 from .base import BufferSink
 
 log = logging.getLogger("ninep.stream")
 
 _SIZE = struct.Struct("<I")
+_TFLUSH = Tflush.TYPE
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +81,17 @@ class StreamConnection:
         self.writer.close()
 
     async def run(self) -> None:
+        """Read frames until EOF; submit them, holding back those over max_inflight.
+
+        Frames the session has no room for wait in a queue of max_inflight
+        more; only when that is full too does reading stop, so memory stays
+        bounded while a disconnect is still noticed.  A Tflush never waits:
+        it removes its target if still queued here, else goes to the session.
+        """
         peer = self.writer.get_extra_info("peername") or "a local peer"
+        waiting: collections.deque[bytearray] = collections.deque()
+        queued = asyncio.Event()
+        submitter = asyncio.ensure_future(self._submit_when_room(waiting, queued))
         try:
             while True:
                 head = await self.reader.readexactly(4)
@@ -90,19 +103,53 @@ class StreamConnection:
                 frame = bytearray(size)
                 frame[:4] = head
                 frame[4:] = await self.reader.readexactly(size - 4)
-                sink = BufferSink(self._deliver, self.session.msize)
-                self.session.submit([memoryview(frame)], sink)
+                if frame[4] == _TFLUSH:
+                    _forget_queued(waiting, frame)
+                    self._submit(frame)
+                elif not waiting and not self.session.full:
+                    self._submit(frame)
+                else:
+                    waiting.append(frame)
+                    queued.set()
+                    while len(waiting) > self.session.config.max_inflight:
+                        await self.session.room()
+                        await asyncio.sleep(0)  # let the submitter move the queue on
                 if self.writer.transport.get_write_buffer_size() > 4 * self.session.msize:
                     await self.writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            submitter.cancel()
+            await asyncio.gather(submitter, return_exceptions=True)
             await self.session.close()
             self.writer.close()
             try:
                 await self.writer.wait_closed()
             except (ConnectionError, OSError):
                 pass
+
+    def _submit(self, frame: bytearray) -> None:
+        self.session.submit([memoryview(frame)], BufferSink(self._deliver, self.session.msize))
+
+    async def _submit_when_room(self, waiting: collections.deque[bytearray],
+                                queued: asyncio.Event) -> None:
+        while True:
+            await queued.wait()
+            while waiting:
+                await self.session.room()
+                if waiting:
+                    self._submit(waiting.popleft())
+            queued.clear()
+
+
+def _forget_queued(waiting: collections.deque[bytearray], tflush: bytearray) -> None:
+    """Drop the queued request a Tflush names: it never reached the session,
+    so it never answers, and the Rflush alone completes it."""
+    oldtag = tflush[7:9]
+    for frame in waiting:
+        if frame[5:7] == oldtag:
+            waiting.remove(frame)
+            return
 
 
 class StreamServer:

@@ -32,6 +32,7 @@ from .secmodel import PassthroughModel, SecurityModel
 T = TypeVar("T")
 
 _HAVE_OPENAT2 = syscalls.have_openat2()
+_PATH_MAX = 4096  # longest path one syscall takes, NUL included
 
 
 class LocalNode:
@@ -81,10 +82,13 @@ class LocalBackend(fdops.OpenFdOps, Backend):
         """An O_PATH fd of the directory *parts*, never leaving the export."""
         if not parts:
             return os.dup(self.root_fd)
-        if self._openat2:
-            return syscalls.openat2(self.root_fd, "/".join(parts),
+        path = "/".join(parts)
+        if self._openat2 and len(os.fsencode(path)) < _PATH_MAX:
+            return syscalls.openat2(self.root_fd, path,
                                     os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0,
                                     syscalls.RESOLVE_CONFINED)
+        # No openat2, or a path too long for one syscall (deeper than PATH_MAX
+        # is legal): one O_NOFOLLOW component at a time.
         fd = os.dup(self.root_fd)
         try:
             for part in parts:
