@@ -1,0 +1,6 @@
+"""Fault injection: disconnects, full disks, permission changes, long names, fd limits."""
+
+from security.harness import pytest_exception_interact, pytest_runtest_protocol
+
+# The hang guard: a test that hangs aborts the run with every thread's stack.
+__all__ = ["pytest_exception_interact", "pytest_runtest_protocol"]
