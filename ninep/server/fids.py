@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import enum
 from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
 
 
@@ -26,6 +29,26 @@ class Fid:
     xattr_value: bytearray = field(default_factory=bytearray)
     xattr_size: int = 0
     xattr_flags: int = 0
+    #: Back-end calls using this fid's open file right now; a clunk waits for
+    #: them, or the fd could close (and its number be reused) under a read.
+    users: int = 0
+    idle: asyncio.Event | None = None
+
+    @contextlib.asynccontextmanager
+    async def in_use(self) -> AsyncIterator[None]:
+        self.users += 1
+        try:
+            yield
+        finally:
+            self.users -= 1
+            if self.users == 0 and self.idle is not None:
+                self.idle.set()
+
+    async def wait_idle(self) -> None:
+        while self.users:
+            self.idle = self.idle or asyncio.Event()
+            self.idle.clear()
+            await self.idle.wait()
 
 
 class FidTable:

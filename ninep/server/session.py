@@ -305,6 +305,7 @@ class Session:
         opening = self._opening.get(id(fid))
         if opening is not None:  # clunk after the open, or the fd it makes leaks
             await asyncio.shield(opening)
+        await fid.wait_idle()
         try:
             await self.backend.clunk(fid.node)
         except Exception:  # clunk must not fail, but never let it leak out
@@ -388,7 +389,8 @@ class Session:
 
     async def _Tgetattr(self, msg: p.Tgetattr) -> p.Rgetattr:
         fid = self.fids.get(msg.fid)
-        qid, st = await self.backend.getattr(fid.node)
+        async with fid.in_use():
+            qid, st = await self.backend.getattr(fid.node)
         return rgetattr(qid, st)
 
     async def _Tsetattr(self, msg: p.Tsetattr) -> p.Rsetattr:
@@ -409,7 +411,8 @@ class Session:
             change.uid = None
         if change.gid == p.NOFID:
             change.gid = None
-        await self.backend.setattr(fid.node, change)
+        async with fid.in_use():
+            await self.backend.setattr(fid.node, change)
         return p.Rsetattr()
 
     async def _Tstatfs(self, msg: p.Tstatfs) -> p.Rstatfs:
@@ -541,7 +544,8 @@ class Session:
         fid = self.fids.get(msg.fid)
         if fid.kind is not FidKind.OPEN:
             raise OSError(errno.EBADF, "fid is not open")
-        await self.backend.fsync(fid.node, bool(msg.datasync))
+        async with fid.in_use():
+            await self.backend.fsync(fid.node, bool(msg.datasync))
         return p.Rfsync()
 
     # --- I/O ------------------------------------------------------------------------------
@@ -565,8 +569,9 @@ class Session:
         if fid.open_flags & 3 == os.O_WRONLY:
             raise OSError(errno.EBADF, "fid is open write-only")
         views = sink.reserve(p.IOHDRSZ_REPLY + count)
-        n = await self.backend.read_into(fid.node, offset,
-                                         slice_segments(views, p.IOHDRSZ_REPLY, count))
+        async with fid.in_use():
+            n = await self.backend.read_into(fid.node, offset,
+                                             slice_segments(views, p.IOHDRSZ_REPLY, count))
         scatter(views, p.encode_rread_header(tag, n))
         sink.commit(p.IOHDRSZ_REPLY + n)
 
@@ -587,7 +592,8 @@ class Session:
             raise OSError(errno.EBADF, "fid is not open for writing")
         if fid.open_flags & 3 == os.O_RDONLY:
             raise OSError(errno.EBADF, "fid is open read-only")
-        n = await self.backend.write_from(fid.node, offset, slice_segments(request, start, count))
+        async with fid.in_use():
+            n = await self.backend.write_from(fid.node, offset, slice_segments(request, start, count))
         return p.Rwrite(n)
 
     async def _treaddir(self, msg: p.Treaddir, tag: int, sink: ReplySink) -> None:
@@ -596,7 +602,8 @@ class Session:
             raise OSError(errno.EBADF if fid.kind is not FidKind.OPEN else errno.ENOTDIR,
                           "fid is not an open directory")
         count = self._clamp(msg.count, sink)
-        entries = await self.backend.readdir(fid.node, msg.offset, max(1, count // 24))
+        async with fid.in_use():
+            entries = await self.backend.readdir(fid.node, msg.offset, max(1, count // 24))
         parts = []
         used = 0
         for entry in entries:
@@ -665,8 +672,9 @@ class Session:
             raise OSError(errno.EBADF, "fid is not open")
         if msg.type not in (p.LOCK_TYPE_RDLCK, p.LOCK_TYPE_WRLCK, p.LOCK_TYPE_UNLCK):
             raise OSError(errno.EINVAL, "bad lock type")
-        status = await self.backend.lock(fid.node, msg.type, msg.start, msg.length,
-                                         msg.proc_id, msg.client_id)
+        async with fid.in_use():
+            status = await self.backend.lock(fid.node, msg.type, msg.start, msg.length,
+                                             msg.proc_id, msg.client_id)
         return p.Rlock(status)
 
     async def _Tgetlock(self, msg: p.Tgetlock) -> p.Rgetlock:
@@ -675,8 +683,9 @@ class Session:
             raise OSError(errno.EBADF, "fid is not open")
         if msg.type not in (p.LOCK_TYPE_RDLCK, p.LOCK_TYPE_WRLCK):
             raise OSError(errno.EINVAL, "bad lock type")
-        res = await self.backend.getlock(fid.node, msg.type, msg.start, msg.length,
-                                         msg.proc_id, msg.client_id)
+        async with fid.in_use():
+            res = await self.backend.getlock(fid.node, msg.type, msg.start, msg.length,
+                                             msg.proc_id, msg.client_id)
         return p.Rgetlock(*res)
 
 

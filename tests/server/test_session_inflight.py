@@ -166,3 +166,37 @@ async def test_flush_of_a_request_held_by_the_stream_transport(serve, gated) -> 
     assert isinstance(await first, p.Rstatfs)
     assert isinstance(await client.getattr(root), p.Rgetattr)
     assert gated.entered == 1 and not held.done()
+
+
+class _SlowReads(LocalBackend):
+    """Reads wait for a gate, so a Tclunk can arrive while one is running."""
+
+    def __init__(self, export: str) -> None:
+        super().__init__(export)
+        self.gate = asyncio.Event()
+        self.reading = asyncio.Event()
+
+    async def read_into(self, node, offset, views):  # type: ignore[override]
+        self.reading.set()
+        await self.gate.wait()
+        return await super().read_into(node, offset, views)
+
+
+async def test_clunk_waits_for_a_read_on_the_same_fid(export: Path) -> None:
+    """The fd must not close (and its number be reused) under a running read."""
+    (export / "f").write_bytes(b"payload")
+    backend = _SlowReads(str(export))
+    direct = Direct(Session(backend))
+    await direct.ok(p.Tattach(0, p.NOFID, "root", "", 0))
+    await direct.ok(p.Twalk(0, 1, ["f"]))
+    await direct.ok(p.Tlopen(1, p.DOTL_RDONLY))
+    read = direct.submit(p.encode(p.Tread(1, 0, 100), 5))
+    await backend.reading.wait()
+    clunk = direct.submit(p.encode(p.Tclunk(1), 6))
+    await asyncio.sleep(0.05)
+    assert not clunk.reply.done()  # held until the read is through
+    backend.gate.set()
+    assert p.decode(await read.reply) == (5, p.Rread(b"payload"))
+    assert p.decode(await clunk.reply) == (6, p.Rclunk())
+    await direct.session.close()
+    await backend.close()
