@@ -16,11 +16,11 @@ import asyncio
 import errno
 import fcntl
 import os
+import queue
 import stat as st_
 import struct
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .. import syscalls
@@ -35,17 +35,75 @@ T = TypeVar("T")
 V9FS_MAGIC = 0x01021997
 
 
+def _settle(fut: asyncio.Future, ok: bool, value: Any) -> None:
+    """Complete *fut* in its loop's thread, unless the request was cancelled meanwhile."""
+    if not fut.done():
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
 class WorkerPool:
-    """The threads a back end runs its blocking host calls in."""
+    """The threads a back end runs its blocking host calls in.
+
+    Leaner than ``run_in_executor`` (bench/OPTIMISATIONS.md): one queue item
+    and one asyncio future per call, no concurrent.futures.Future (with its
+    Condition and RLock) chained to it.  As in ThreadPoolExecutor, a thread
+    starts only when no idle one can take the call, so a lone guest's
+    requests keep landing on the same warm thread.
+    """
 
     def __init__(self, threads: int, name: str) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+        self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._max = threads
+        self._name = name
+        self._threads: list[threading.Thread] = []
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
+        self._closed = False
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        if self._closed:
+            raise RuntimeError("worker pool is shut down")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._queue.put((loop, fut, fn, args))
+        if not self._idle.acquire(blocking=False) and len(self._threads) < self._max:
+            self._spawn()
+        return await fut
+
+    def _spawn(self) -> None:
+        with self._lock:
+            if len(self._threads) >= self._max:
+                return
+            t = threading.Thread(target=self._work, name=f"{self._name}_{len(self._threads)}",
+                                 daemon=True)
+            self._threads.append(t)
+        t.start()
+
+    def _work(self) -> None:
+        get, idle = self._queue.get, self._idle
+        while (item := get()) is not None:
+            loop, fut, fn, args = item
+            try:
+                result = (True, fn(*args))
+            except BaseException as exc:  # handed to the awaiting coroutine
+                result = (False, exc)
+            try:
+                loop.call_soon_threadsafe(_settle, fut, *result)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+            del item, fut, fn, args, result  # no view into guest memory may outlive the call
+            idle.release()
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=True)
+        self._closed = True
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join()
 
 
 # --- pinning and reopening --------------------------------------------------------------
