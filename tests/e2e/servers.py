@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from ninep.testing.process import stop_process
 from tests.e2e.guest import GuestError, wait_for_listener
 
 DIOD = "diod"
@@ -83,13 +84,7 @@ def start_diod(export: Path, listen: str | tuple[str, int], log: Path) -> DiodSe
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc)
 
 
 def start_proxy_helper(export: Path, sock: str) -> subprocess.Popen[bytes]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ninep.testing.process import stop_process
 from ninep.protocol import proxy as P
 
 REPO = Path(__file__).resolve().parents[2]
@@ -164,13 +164,7 @@ class Helper:
             return ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         if self._fd_client is not None:
             self._fd_client.close()
         shutil.rmtree(self.rundir, ignore_errors=True)

@@ -21,7 +21,6 @@ import faulthandler
 import hashlib
 import os
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -35,6 +34,7 @@ from typing import Any
 
 import pytest
 
+from ninep.testing.process import stop_process
 from ninep.backends.local import LocalBackend
 from ninep.client import Client
 from ninep.server.session import SessionConfig
@@ -446,13 +446,7 @@ class ServerProcess:
         return self.stderr.read().decode(errors="replace")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         if not self.stderr.closed:
             self._final_log = self.log()
             self.stderr.close()
