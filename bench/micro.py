@@ -45,6 +45,7 @@ from bench.cpu import process_cpu_seconds  # noqa: E402
 from ninep.client import Client  # noqa: E402
 from ninep.protocol import ninep as p  # noqa: E402
 from ninep.testing.fake_virtqueue import split_sizes  # noqa: E402
+from ninep.testing.process import stop_process  # noqa: E402
 from ninep.testing.vhost_frontend import VhostUserGuest  # noqa: E402
 
 KIB = 1024
@@ -206,12 +207,7 @@ async def measure_server(export: Path, work: Path, n: int, reps: int,
             if asyncio.iscoroutine(r):
                 await r
         for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
     return results
 
 
