@@ -320,12 +320,6 @@ class HandleBackend(fdops.OpenFdOps, Backend):
         except OSError:
             return None
 
-    async def clunk(self, node: HandleNode) -> None:
-        self._nodes.discard(node)
-        fd, node.fd = node.fd, None
-        if fd is not None:
-            os.close(fd)  # also drops the fd's OFD locks
-
     # --- attributes ----------------------------------------------------------------------
 
     def _stat(self, node: HandleNode) -> Stat:

@@ -6,7 +6,6 @@ machine, but fail them loudly when ``CI=true`` (see servers.require).
 
 from __future__ import annotations
 
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,6 @@ from tests.e2e.servers import (  # noqa: E402
     NinepServer,
     free_tcp_port,
     require,
-    short_tempdir,
     start_diod,
     start_proxy_helper,
     stop,
@@ -47,19 +45,15 @@ def e2e_image() -> GuestImage:
 
 
 @pytest.fixture
-def export_dir(tmp_path: Path) -> Path:
-    """An empty directory for a server to export."""
-    d = tmp_path / "export"
-    d.mkdir()
-    return d
+def export_dir(export: Path) -> Path:
+    """An empty directory for a server to export (the root conftest's ``export``)."""
+    return export
 
 
 @pytest.fixture
-def sock_dir() -> Iterator[Path]:
-    """A short-path temporary directory for Unix sockets."""
-    d = short_tempdir()
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+def sock_dir(sockdir: Path) -> Path:
+    """A short-path directory for Unix sockets (the root conftest's ``sockdir``)."""
+    return sockdir
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,11 +104,6 @@ def start_proxy_helper(export: Path, sock: str) -> subprocess.Popen[bytes]:
             raise GuestError("virtfs-proxy-helper did not create its socket")
         time.sleep(0.05)
     return proc
-
-
-def short_tempdir() -> Path:
-    """A fresh directory with a short path, for Unix sockets (108-byte limit)."""
-    return Path(tempfile.mkdtemp(prefix="ninep-e2e-"))
 
 
 class NinepServer:

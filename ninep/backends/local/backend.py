@@ -183,12 +183,6 @@ class LocalBackend(fdops.OpenFdOps, Backend):
         new.is_dir = is_dir
         return qids, new
 
-    async def clunk(self, node: LocalNode) -> None:
-        self._nodes.discard(node)
-        fd, node.fd = node.fd, None
-        if fd is not None:
-            os.close(fd)  # also drops the fd's OFD locks
-
     # --- attributes -----------------------------------------------------------------
 
     async def getattr(self, node: LocalNode) -> tuple[Qid, Stat]:
