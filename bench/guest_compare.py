@@ -406,6 +406,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="repetitions of the back-end/model variants (default 1, to fit the time)")
     ap.add_argument("--memory-mb", type=int, default=768, help="guest RAM")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per boot")
+    ap.add_argument("--ab", metavar="DIR", type=Path, action="append", default=[],
+                    help="also run ninep from another copy of the package (PYTHONPATH=DIR) as "
+                         "the target ninep@NAME (NAME: the folder's name), interleaved with this "
+                         "tree's: a before/after in one run; may be repeated")
     ap.add_argument("--profile", action="store_true", help="py-spy record the ninep server (profile-*.svg)")
     ap.add_argument("--from-json", type=Path, help="only redraw tables and charts from a saved guest_compare.json")
     args = ap.parse_args(argv)
@@ -442,6 +446,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     params = Params(args.size_mib, args.meta_files, args.list_files, args.rand_ops, args.untar_files,
                     args.workloads)
     targets, notes = all_targets(with_variants=not args.no_variants)
+    for copy in args.ab:
+        if not (copy / "ninep" / "__init__.py").exists():
+            print(f"--ab: {copy} holds no ninep package", file=sys.stderr)
+            return 2
+        targets.append(Target(f"ninep@{copy.resolve().name}", "ninep", pythonpath=str(copy.resolve())))
     if args.servers != "all":
         wanted = args.servers.split(",")
         unknown = set(wanted) - {t.name for t in targets}

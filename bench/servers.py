@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import shutil
 import subprocess
 import sys
@@ -43,6 +44,8 @@ class Target:
     kind: str
     backend: str = "local"
     model: str | None = "passthrough"
+    #: run the server from another copy of the package (``--ab``: before/after in one run)
+    pythonpath: str | None = None
 
     @property
     def is_variant(self) -> bool:
@@ -79,9 +82,12 @@ def _ninep(target: Target, export: Path, sockdir: Path, log: Path, memory_mb: in
     else:
         listen = ["--listen", f"unix:{sock}"]
     # --backend proxy without --proxy-socket spawns ninep's own helper (the default set-up).
+    env = dict(os.environ)
+    if target.pythonpath:
+        env["PYTHONPATH"] = target.pythonpath
     with open(log, "ab") as logf:
         proc = subprocess.Popen(ninep_command(target, export, listen), stdin=subprocess.DEVNULL,
-                                stdout=logf, stderr=subprocess.STDOUT, cwd=sockdir)
+                                stdout=logf, stderr=subprocess.STDOUT, cwd=sockdir, env=env)
     try:
         # vhost-user: QEMU's own connection must be the first one.
         wait_for_listener(sock, timeout=30, proc=proc, probe=target.kind != "vhost")
