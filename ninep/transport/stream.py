@@ -62,87 +62,181 @@ class ListenAddress:
         return f"fd:{self.fd}"
 
 
-class StreamConnection:
-    """One client connection: reads frames, feeds a Session, writes replies."""
+class StreamConnection(asyncio.BufferedProtocol):
+    """One client connection: frames out of the byte stream into a Session.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 session: Session) -> None:
-        self.reader = reader
-        self.writer = writer
+    A protocol rather than a StreamReader coroutine: the loop hands us bytes
+    and we cut frames with no await per frame.  Small frames are read in bulk
+    into one receive buffer and copied out; a frame larger than that buffer
+    is read by the kernel straight into its own bytearray, so a Twrite's data
+    reaches ``pwritev`` without a reassembly copy (bench/OPTIMISATIONS.md).
+
+    Frames the session has no room for wait in a queue of max_inflight more;
+    only when that is full too does reading pause, so memory stays bounded.
+    Reading also pauses while the replies the peer is not collecting exceed
+    4 msize.  A Tflush never waits: it removes its target if still queued
+    here, else goes to the session.
+    """
+
+    RECV_BUFFER = 64 * 1024
+
+    def __init__(self, session: Session) -> None:
         self.session = session
+        self.transport: asyncio.Transport | None = None
+        self.peer = "a local peer"
+        self._buf = bytearray(self.RECV_BUFFER)
+        self._view = memoryview(self._buf)
+        self._start = 0  # first unparsed byte in _buf
+        self._end = 0  # end of the received bytes in _buf
+        self._big: bytearray | None = None  # a large frame being read in place
+        self._big_got = 0
+        self._waiting: collections.deque[bytes | bytearray] = collections.deque()
+        self._paused: set[str] = set()
+        self._submitter: asyncio.Task | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def _deliver(self, data: bytes | bytearray | memoryview) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(data)
+    # --- asyncio.BufferedProtocol -------------------------------------------------------
 
-    def close(self) -> None:
-        """End the connection from our side: :meth:`run` then sees EOF and
-        cleans up as after a client disconnect (the session releases its fids)."""
-        self.writer.close()
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport
+        if "lost" in self._paused:  # the server was closing when this one arrived
+            transport.close()
+            return
+        self.peer = transport.get_extra_info("peername") or "a local peer"
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(high=4 * self.session.msize)
 
-    async def run(self) -> None:
-        """Read frames until EOF; submit them, holding back those over max_inflight.
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._big is not None:
+            return memoryview(self._big)[self._big_got:]
+        if self._end == len(self._buf):
+            self._compact()
+        return self._view[self._end:]
 
-        Frames the session has no room for wait in a queue of max_inflight
-        more; only when that is full too does reading stop, so memory stays
-        bounded while a disconnect is still noticed.  A Tflush never waits:
-        it removes its target if still queued here, else goes to the session.
-        """
-        peer = self.writer.get_extra_info("peername") or "a local peer"
-        waiting: collections.deque[bytearray] = collections.deque()
-        queued = asyncio.Event()
-        submitter = asyncio.ensure_future(self._submit_when_room(waiting, queued))
-        try:
-            while True:
-                head = await self.reader.readexactly(4)
-                (size,) = _SIZE.unpack(head)
-                if size < 7 or size > self.session.msize:
-                    log.warning("closing connection from %s: bad frame size %d (msize %d)",
-                                peer, size, self.session.msize)
-                    break
-                frame = bytearray(size)
-                frame[:4] = head
-                frame[4:] = await self.reader.readexactly(size - 4)
-                if frame[4] == _TFLUSH:
-                    _forget_queued(waiting, frame)
-                    self._submit(frame)
-                elif not waiting and not self.session.full:
-                    self._submit(frame)
-                else:
-                    waiting.append(frame)
-                    queued.set()
-                    while len(waiting) > self.session.config.max_inflight:
-                        await self.session.room()
-                        await asyncio.sleep(0)  # let the submitter move the queue on
-                if self.writer.transport.get_write_buffer_size() > 4 * self.session.msize:
-                    await self.writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            submitter.cancel()
-            await asyncio.gather(submitter, return_exceptions=True)
-            await self.session.close()
-            self.writer.close()
-            try:
-                await self.writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._big is not None:
+            self._big_got += nbytes
+            if self._big_got < len(self._big):
+                return
+            frame, self._big = self._big, None
+            self._frame(frame)
+        else:
+            self._end += nbytes
+        self._cut_frames()
 
-    def _submit(self, frame: bytearray) -> None:
+    def eof_received(self) -> bool:
+        return False  # close our side too: the session ends with the connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._paused.add("lost")
+        self._big = None
+        self._waiting.clear()
+        if self._submitter is not None:
+            self._submitter.cancel()
+        asyncio.get_running_loop().create_task(self._finish())
+
+    def pause_writing(self) -> None:
+        self._pause("writing")
+
+    def resume_writing(self) -> None:
+        self._resume("writing")
+
+    # --- frames -------------------------------------------------------------------------
+
+    def _cut_frames(self) -> None:
+        """Submit every complete frame in the receive buffer; start reading a
+        large partial one in place."""
+        buf, msize = self._buf, self.session.msize
+        while "lost" not in self._paused and self._end - self._start >= 4:
+            (size,) = _SIZE.unpack_from(buf, self._start)
+            if size < 7 or size > msize:
+                log.warning("closing connection from %s: bad frame size %d (msize %d)",
+                            self.peer, size, msize)
+                self.close()
+                return
+            have = self._end - self._start
+            if have >= size:
+                frame = bytes(self._view[self._start:self._start + size])
+                self._start += size
+                self._frame(frame)
+            elif size > len(buf):
+                self._big = bytearray(size)
+                self._big[:have] = self._view[self._start:self._end]
+                self._big_got = have
+                self._start = self._end = 0
+                return
+            else:
+                break
+        if self._start == self._end:
+            self._start = self._end = 0
+
+    def _compact(self) -> None:
+        """Move a partial frame to the front of the receive buffer."""
+        n = self._end - self._start
+        self._buf[:n] = self._view[self._start:self._end]
+        self._start, self._end = 0, n
+
+    def _frame(self, frame: bytes | bytearray) -> None:
+        if frame[4] == _TFLUSH:
+            _forget_queued(self._waiting, frame)
+            self._submit(frame)
+        elif not self._waiting and not self.session.full:
+            self._submit(frame)
+        else:
+            self._waiting.append(frame)
+            if self._submitter is None or self._submitter.done():
+                self._submitter = asyncio.get_running_loop().create_task(self._submit_when_room())
+            if len(self._waiting) > self.session.config.max_inflight:
+                self._pause("inflight")
+
+    def _submit(self, frame: bytes | bytearray) -> None:
         self.session.submit([memoryview(frame)], BufferSink(self._deliver, self.session.msize))
 
-    async def _submit_when_room(self, waiting: collections.deque[bytearray],
-                                queued: asyncio.Event) -> None:
-        while True:
-            await queued.wait()
-            while waiting:
-                await self.session.room()
-                if waiting:
-                    self._submit(waiting.popleft())
-            queued.clear()
+    async def _submit_when_room(self) -> None:
+        while self._waiting:
+            await self.session.room()
+            if self._waiting:
+                self._submit(self._waiting.popleft())
+                if len(self._waiting) <= self.session.config.max_inflight:
+                    self._resume("inflight")
+
+    def _deliver(self, data: bytes | bytearray | memoryview) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    # --- flow control and end -------------------------------------------------------------
+
+    def _pause(self, why: str) -> None:
+        if not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused.add(why)
+
+    def _resume(self, why: str) -> None:
+        if why in self._paused:
+            self._paused.discard(why)
+            if not self._paused and self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def close(self) -> None:
+        """End the connection from our side; the session then releases its fids
+        as after a client disconnect."""
+        self._paused.add("lost")
+        if self.transport is not None:
+            self.transport.close()
+
+    async def _finish(self) -> None:
+        try:
+            if self._submitter is not None:
+                await asyncio.gather(self._submitter, return_exceptions=True)
+            await self.session.close()
+        finally:
+            if not self.done.done():
+                self.done.set_result(None)
 
 
-def _forget_queued(waiting: collections.deque[bytearray], tflush: bytearray) -> None:
+def _forget_queued(waiting: collections.deque[bytes | bytearray], tflush: bytes | bytearray) -> None:
     """Drop the queued request a Tflush names: it never reached the session,
     so it never answers, and the Rflush alone completes it."""
     oldtag = tflush[7:9]
@@ -159,42 +253,30 @@ class StreamServer:
         self.backend_factory = backend_factory
         self.config = config
         self._server: asyncio.AbstractServer | None = None
-        self._connections: set[asyncio.Task] = set()
+        self._connections: set[asyncio.Future[None]] = set()
         self._streams: set[StreamConnection] = set()
         self._unix_path: str | None = None
         self._closing = False
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            if self._closing:
-                writer.close()
-                return
-            sock = writer.get_extra_info("socket")
-            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = StreamConnection(reader, writer, Session(self.backend_factory(), self.config))
-            self._streams.add(conn)
-            try:
-                await conn.run()
-            finally:
-                self._streams.discard(conn)
-        except asyncio.CancelledError:
-            pass  # the loop is going away; a cancelled handler makes asyncio log noise
-        finally:
-            self._connections.discard(task)
+    def _connection(self) -> StreamConnection:
+        """Protocol factory: a new connection with its own Session."""
+        conn = StreamConnection(Session(self.backend_factory(), self.config))
+        self._streams.add(conn)
+        self._connections.add(conn.done)
+        conn.done.add_done_callback(lambda _: (self._streams.discard(conn),
+                                               self._connections.discard(conn.done)))
+        if self._closing:
+            conn.close()
+        return conn
 
     async def start(self, address: ListenAddress) -> None:
-        limit = self.config.msize + 4096
+        loop = asyncio.get_running_loop()
         if address.kind == "unix":
             sock = _listening_unix_socket(address.path)
-            self._server = await asyncio.start_unix_server(self._handle, sock=sock, limit=limit)
+            self._server = await loop.create_unix_server(self._connection, sock=sock)
             self._unix_path = address.path
         elif address.kind == "tcp":
-            self._server = await asyncio.start_server(self._handle, address.host, address.port,
-                                                      limit=limit)
+            self._server = await loop.create_server(self._connection, address.host, address.port)
         else:
             sock = socket.socket(fileno=address.fd)
             if sock.type != socket.SOCK_STREAM:
@@ -206,11 +288,9 @@ class StreamServer:
             except OSError:
                 connected = False
             if connected:
-                reader, writer = await asyncio.open_connection(sock=sock, limit=limit)
-                task = asyncio.get_running_loop().create_task(self._handle(reader, writer))
-                self._connections.add(task)
+                await loop.connect_accepted_socket(self._connection, sock)
             else:
-                self._server = await asyncio.start_server(self._handle, sock=sock, limit=limit)
+                self._server = await loop.create_server(self._connection, sock=sock)
 
     @property
     def sockets(self) -> list[socket.socket]:
