@@ -15,6 +15,7 @@ import errno
 import os
 import platform
 import struct
+import threading
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -95,21 +96,31 @@ def renameat2(olddirfd: int, old: str | bytes, newdirfd: int, new: str | bytes, 
 _DIRENT_HEAD = struct.Struct("<QqHB")  # d_ino, d_off, d_reclen, d_type
 
 
+_dirent_buffers = threading.local()
+
+
 def getdents64(fd: int, bufsize: int = 32768) -> list[tuple[int, int, int, bytes]]:
     """One getdents64(2) call: ``[(ino, d_off, d_type, name), …]``; empty at end.
 
     ``d_off`` is the file system's own cookie for the position *after* the
-    entry, which is what 9P's Treaddir offsets must be to stay stable.
+    entry, which is what 9P's Treaddir offsets must be to stay stable.  Each
+    thread reuses one buffer (a large listing calls this with up to 1 MiB).
     """
-    buf = ctypes.create_string_buffer(bufsize)
-    n = _check(_syscall(_nr("getdents64"), ctypes.c_int(fd), buf, ctypes.c_uint(bufsize)))
-    raw = buf.raw[:n]
+    buf = getattr(_dirent_buffers, "buf", None)
+    if buf is None or len(buf) < bufsize:
+        buf = _dirent_buffers.buf = bytearray(bufsize)
+    cbuf = (ctypes.c_char * bufsize).from_buffer(buf)
+    try:
+        n = _check(_syscall(_nr("getdents64"), ctypes.c_int(fd), cbuf, ctypes.c_uint(bufsize)))
+    finally:
+        del cbuf  # release the export of buf, so the next call may resize it
+    raw = bytes(memoryview(buf)[:n])
     out = []
     pos = 0
+    unpack, find = _DIRENT_HEAD.unpack_from, raw.find
     while pos < n:
-        ino, off, reclen, dtype = _DIRENT_HEAD.unpack_from(raw, pos)
-        name = raw[pos + 19:pos + reclen].split(b"\0", 1)[0]
-        out.append((ino, off, dtype, name))
+        ino, off, reclen, dtype = unpack(raw, pos)
+        out.append((ino, off, dtype, raw[pos + 19:find(b"\0", pos + 19, pos + reclen)]))
         pos += reclen
     return out
 

@@ -212,40 +212,45 @@ def readlink_pinned(pfd: int) -> str:
 
 # --- directories --------------------------------------------------------------------------
 
-def _qtype_from_dt(dtype: int) -> int:
-    return QTDIR if dtype == 4 else QTSYMLINK if dtype == 10 else QTFILE
+#: d_type -> qid type (DT_DIR, DT_LNK; everything else is a plain file).
+_QTYPE_OF_DT = {4: QTDIR, 10: QTSYMLINK}
+#: Largest getdents64 buffer: a Treaddir of a full msize (~512 KiB) in one call.
+_DIRENT_BUFFER_MAX = 1 << 20
 
 
 def read_dir(fd: int, lock: threading.Lock, offset: int, max_entries: int, qids: QidMapper, *,
-             stat_entry: Callable[[int, str], Stat], root_stat: Callable[[], Stat] | None = None,
-             hidden: Callable[[str], bool] | None = None) -> list[DirEntry]:
+             stat_entry: Callable[[int, str], Stat],
+             root_stat: Callable[[], Stat] | None = None) -> list[DirEntry]:
     """Up to *max_entries* entries of open directory *fd* after cookie *offset*.
 
     Offsets are the file system's own getdents64 cookies, so they survive
     concurrent changes.  *root_stat* is given when *fd* is the export root:
     its ``..`` then names the root itself.  Under multidevs=remap every entry
     (``.`` and ``..`` too) is stat'ed, since only that reveals its device;
-    otherwise the qid comes from ``d_ino`` for free.
+    otherwise the qid comes from ``d_ino`` for free.  The buffer is sized for
+    the whole request, so a large listing takes one syscall and one round trip.
     """
     with lock:
         os.lseek(fd, offset, os.SEEK_SET)
-        raw = syscalls.getdents64(fd, min(65536, max(4096, max_entries * 64)))
+        raw = syscalls.getdents64(fd, min(_DIRENT_BUFFER_MAX, max(4096, max_entries * 32)))
+    del raw[max_entries:]
+    if qids.mode != "remap":
+        qtype = _QTYPE_OF_DT.get
+        out = [DirEntry(Qid(qtype(dtype, QTFILE), 0, ino), off, dtype, name)
+               for ino, off, dtype, name in raw]
+        if root_stat is not None:
+            for i, entry in enumerate(out):
+                if entry.name == b"..":
+                    out[i] = entry._replace(qid=qids.qid(root_stat()))
+        return out
     out = []
-    remap = qids.mode == "remap"
-    for ino, off, dtype, name in raw[:max_entries]:
-        sname = os.fsdecode(name)
-        if hidden is not None and hidden(sname):
-            continue
-        if name == b".." and root_stat is not None:
-            qid = qids.qid(root_stat())
-        elif remap:
-            try:
-                qid = qids.qid(stat_entry(fd, sname))
-            except OSError:
-                continue  # vanished meanwhile
-        else:
-            qid = Qid(_qtype_from_dt(dtype), 0, qids.path(qids.root_dev, ino))
-        out.append(DirEntry(qid, off, dtype, name))
+    for ino, off, dtype, name in raw:
+        try:
+            st = root_stat() if name == b".." and root_stat is not None else \
+                stat_entry(fd, os.fsdecode(name))
+            out.append(DirEntry(qids.qid(st), off, dtype, name))
+        except OSError:
+            continue  # vanished meanwhile
     return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterable
 from typing import Any, ClassVar, NamedTuple
 
 import construct as cs
@@ -748,6 +749,22 @@ def encode_dirent(qid: Qid, offset: int, dtype: int, name: bytes) -> bytes:
 
 def dirent_size(name: bytes) -> int:
     return FAST_DIRENT_HEAD.size + len(name)
+
+
+def encode_dirents(entries: Iterable[tuple[Qid, int, int, bytes]], count: int) -> tuple[bytes, int]:
+    """As many ``(qid, offset, type, name)`` entries as fit in *count* bytes,
+    encoded back to back: ``(data, number of entries used)``."""
+    pack, head = FAST_DIRENT_HEAD.pack, FAST_DIRENT_HEAD.size
+    parts: list[bytes] = []
+    used = n = 0
+    for qid, offset, dtype, name in entries:
+        used += head + len(name)
+        if used > count:
+            break
+        parts.append(pack(qid[0], qid[1], qid[2], offset, dtype, len(name)))
+        parts.append(name)
+        n += 1
+    return b"".join(parts), n
 
 
 def decode_dirents(data: bytes) -> list[tuple[Qid, int, int, str]]:

@@ -604,15 +604,8 @@ class Session:
         count = self._clamp(msg.count, sink)
         async with fid.in_use():
             entries = await self.backend.readdir(fid.node, msg.offset, max(1, count // 24))
-        parts = []
-        used = 0
-        for entry in entries:
-            size = p.dirent_size(entry.name)
-            if used + size > count:
-                break
-            parts.append(p.encode_dirent(entry.qid, entry.offset, entry.type, entry.name))
-            used += size
-        self._send(sink, p.encode_io_header(p.Rreaddir.TYPE, tag, used) + b"".join(parts))
+        data, _ = p.encode_dirents(entries, count)
+        self._send(sink, p.encode_io_header(p.Rreaddir.TYPE, tag, len(data)) + data)
 
     # --- xattrs --------------------------------------------------------------------------
 

@@ -39,6 +39,25 @@ async def test_paging_yields_every_entry_exactly_once(fs: Fs, many: list[bytes],
     assert set(counts.values()) == {1}
 
 
+async def test_a_large_request_takes_the_whole_directory_at_once(fs: Fs) -> None:
+    """A Treaddir of a full msize (~21000 entries' room) gets a 2000-entry
+    directory (~180 KiB of host dirents) in one call, not a 64 KiB getdents64's
+    worth: listing it is one round trip."""
+    fs.host("wide").mkdir()
+    names = [f"{i:04d}-{'y' * 60}" for i in range(2000)]
+    wide = os.open(fs.host("wide"), os.O_PATH | os.O_DIRECTORY)
+    try:
+        os.close(os.open(names[0], os.O_CREAT | os.O_WRONLY, dir_fd=wide))
+        for name in names[1:]:
+            os.link(names[0], name, src_dir_fd=wide, dst_dir_fd=wide)
+    finally:
+        os.close(wide)
+    node = await fs.open("wide")
+    batch = await fs.backend.readdir(node, 0, 21000)
+    assert sorted(e.name for e in batch) == sorted([b".", b"..", *(n.encode() for n in names)])
+    assert await fs.backend.readdir(node, batch[-1].offset, 21000) == []
+
+
 async def test_batches_respect_max_entries(fs: Fs, many: list[bytes]) -> None:
     node = await fs.open("big")
     offset = 0

@@ -192,6 +192,14 @@ def test_dirent_helpers_match_hand_layout() -> None:
         p.decode_dirents(dot[:10])
 
 
+def test_encode_dirents_fills_count_and_no_more() -> None:
+    entries = [(p.Qid(p.QTDIR, 0, 2), 1, 4, b"."), (p.Qid(p.QTFILE, 0, 3), 2, 8, b"ab")]
+    both = frame_of(DIRENT_DOT_HEX) + frame_of(DIRENT_AB_HEX)
+    assert p.encode_dirents(entries, len(both)) == (both, 2)
+    assert p.encode_dirents(entries, len(both) - 1) == (frame_of(DIRENT_DOT_HEX), 1)
+    assert p.encode_dirents(entries, 10) == (b"", 0)
+
+
 def test_io_headers_and_rlerror_fast_paths() -> None:
     assert p.encode_rread_header(1, 2) + b"hi" == frame_of("0d000000 75 0100 02000000 6869")
     assert p.encode_io_header(p.Rreaddir.TYPE, 1, 0) == frame_of("0b000000 29 0100 00000000")

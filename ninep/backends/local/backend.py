@@ -327,8 +327,7 @@ class LocalBackend(fdops.OpenFdOps, Backend):
                                       stat_entry=self.model.stat, root_stat=root_stat):
             # Hidden names are dropped here, not in read_dir, so that a batch
             # of only hidden entries moves on instead of looking like the end.
-            kept = [entry._replace(type=self.model.dirent_type(entry.type)) for entry in batch
-                    if not self.model.is_hidden(os.fsdecode(entry.name))]
+            kept = self.model.visible_dirents(batch)
             if kept:
                 return kept
             offset = batch[-1].offset

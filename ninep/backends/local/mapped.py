@@ -23,7 +23,7 @@ from contextlib import contextmanager, suppress
 from typing import NamedTuple, TypeVar
 
 from .. import fdops
-from ..base import Credentials, Stat
+from ..base import Credentials, DirEntry, Stat
 from .secmodel import SecurityModel, open_created, open_nofollow, proc_path
 
 T = TypeVar("T")
@@ -118,9 +118,9 @@ class MappedModel(SecurityModel):
         with self._pinned(dirfd, name, None) as pfd:
             return self.load(dirfd, name, pfd).over(os.fstat(pfd))
 
-    def dirent_type(self, dtype: int) -> int:
-        """The host's d_type says nothing of mapped types: let the guest stat."""
-        return DT_UNKNOWN
+    def visible_dirents(self, entries: list[DirEntry]) -> list[DirEntry]:
+        """The host's d_type says nothing of mapped types: DT_UNKNOWN lets the guest stat."""
+        return [e._replace(type=DT_UNKNOWN) for e in super().visible_dirents(entries)]
 
     def readlink(self, dirfd: int, name: str) -> str:
         with self._pinned(dirfd, name, None) as pfd:

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 from ... import syscalls
-from ..base import Credentials, Stat
+from ..base import Credentials, DirEntry, Stat
 
 MODEL_CHOICES = ("passthrough", "mapped-xattr", "mapped", "mapped-file", "none")
 
@@ -80,9 +80,16 @@ class SecurityModel(ABC):
         by name (the entry may be gone: the file can be unlinked)."""
         return self.fstat(fd)
 
-    def dirent_type(self, dtype: int) -> int:
-        """The d_type readdir reports for a host entry of type *dtype*."""
-        return dtype
+    def visible_dirents(self, entries: list[DirEntry]) -> list[DirEntry]:
+        """The host entries readdir shows the guest: hidden names left out.
+
+        A whole batch at once, so that a model with nothing to hide or map
+        (passthrough, none) costs nothing per entry in a large listing.
+        """
+        if not self.hidden_names:
+            return entries
+        hidden = self.hidden_names
+        return [e for e in entries if os.fsdecode(e.name) not in hidden]
 
     @abstractmethod
     def readlink(self, dirfd: int, name: str) -> str: ...
