@@ -24,6 +24,7 @@ log = logging.getLogger("ninep")
 
 BACKENDS = ("local", "handle", "proxy")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+INLINE_CHOICES = ("auto", "never")
 
 
 class UsageError(Exception):
@@ -75,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--readonly", action="store_true")
     ap.add_argument("--msize", type=_positive, default=512000)
     ap.add_argument("--threads", type=_positive, default=min(32, (os.cpu_count() or 1) * 4))
+    ap.add_argument("--inline", type=_choice(INLINE_CHOICES), default="auto",
+                    help="run a back-end call on the event loop when it is the only request in "
+                         "flight (auto: if the export is on a local file system; never: always "
+                         "use a worker thread)")
     ap.add_argument("--max-fids", type=_positive, default=65536)
     ap.add_argument("--max-inflight", type=_positive, default=1024,
                     help="requests per session read but not yet answered")
@@ -91,12 +96,14 @@ def make_backend(args: argparse.Namespace) -> Backend:
     if args.backend == "local":
         from .backends.local import LocalBackend, make_model
         model = make_model(args.security_model or "passthrough", args.fmode, args.dmode)
-        return LocalBackend(args.export, model=model, multidevs=args.multidevs, threads=args.threads)
+        return LocalBackend(args.export, model=model, multidevs=args.multidevs, threads=args.threads,
+                            inline=None if args.inline == "auto" else False)
     if args.backend == "handle":
         if args.security_model is not None:
             raise ValueError("Invalid argument security_model specified with handle fsdriver")
         from .backends.handle import HandleBackend  # type: ignore[import-not-found]
-        return HandleBackend(args.export, multidevs=args.multidevs, threads=args.threads)
+        return HandleBackend(args.export, multidevs=args.multidevs, threads=args.threads,
+                             inline=None if args.inline == "auto" else False)
     from .backends.proxy import ProxyBackend
     return ProxyBackend.from_args(args)
 

@@ -45,6 +45,7 @@ BAD_OPTIONS = [
     (["--export", "{export}", "--listen", "unix:{sock}", "--fmode", "999"], "--fmode", False),
     (["--export", "{export}", "--listen", "unix:{sock}", "--fmode", "0644"], "--fmode", True),
     (["--export", "{export}", "--listen", "unix:{sock}", "--bogus"], "--bogus", True),
+    (["--export", "{export}", "--listen", "unix:{sock}", "--inline", "always"], "--inline", False),
 ]
 #: Refused only once serving starts (so only a real process shows them).
 BAD_AT_START = [
@@ -83,6 +84,22 @@ def test_bad_options_are_refused_before_serving(cli_names: dict[str, Path], caps
     """The same checks in-process (quick), for every option error."""
     assert main([a.format(**cli_names) for a in args]) == 2
     assert_one_error_line(capsys.readouterr().err, needle)
+
+
+@pytest.mark.parametrize("option,inline", [([], True), (["--inline", "auto"], True),
+                                           (["--inline", "never"], False)])
+@pytest.mark.parametrize("backend", ["local", "handle"])
+def test_inline_option_reaches_the_worker_pool(export: Path, option: list[str], inline: bool,
+                                              backend: str) -> None:
+    """auto: calls of a lone request run on the loop when the export is local (the
+    tests' export is); never: always in a worker thread."""
+    from ninep.cli import make_backend, parse_args
+    be = make_backend(parse_args(["--export", str(export), "--listen", "unix:/x",
+                                  "--backend", backend, *option]))
+    try:
+        assert be._pool.inline_when_alone is inline
+    finally:
+        asyncio.run(be.close())
 
 
 def test_help_exits_0() -> None:

@@ -29,6 +29,24 @@ from ..protocol.ninep import QTDIR, QTFILE, QTSYMLINK, Qid
 Node = Any
 Views = list[memoryview]
 
+class RequestLoad:
+    """How many 9P requests this process is handling now, over all sessions.
+
+    Sessions keep the count; a back end's :class:`~ninep.backends.fdops.WorkerPool`
+    reads it to run a call on the event loop itself when it belongs to the
+    only request in flight: a thread hop then buys no concurrency and costs
+    two thread wake-ups (bench/OPTIMISATIONS.md).
+    """
+
+    __slots__ = ("in_flight",)
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+
+
+#: The one count for the process (everything runs on one event loop).
+REQUEST_LOAD = RequestLoad()
+
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 

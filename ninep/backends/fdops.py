@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from .. import syscalls
 from ..protocol.ninep import (LOCK_BLOCKED, LOCK_SUCCESS, LOCK_TYPE_RDLCK, LOCK_TYPE_UNLCK,
                               LOCK_TYPE_WRLCK, QTDIR, QTFILE, QTSYMLINK, Qid)
-from .base import UTIME_OMIT, DirEntry, LockResult, SetAttr, Stat, StatFs
+from .base import REQUEST_LOAD, UTIME_OMIT, DirEntry, LockResult, SetAttr, Stat, StatFs
 from .qid import QidMapper
 
 T = TypeVar("T")
@@ -44,6 +44,24 @@ def _settle(fut: asyncio.Future, ok: bool, value: Any) -> None:
             fut.set_exception(value)
 
 
+#: statfs f_type of file systems whose calls finish without the network or a
+#: user-space server (ext2/3/4, xfs, btrfs, tmpfs, ramfs, f2fs, overlay, zfs,
+#: bcachefs, jfs, reiserfs, nilfs, vfat, exfat).  Only on these may a call run
+#: on the event loop: on NFS, CIFS or FUSE one can hang for as long as the server.
+LOCAL_FS_TYPES = frozenset({
+    0xEF53, 0x58465342, 0x9123683E, 0x01021994, 0x858458F6, 0xF2F52010, 0x794C7630,
+    0x2FC12FC1, 0xCA451A4E, 0x3153464A, 0x52654973, 0x3434, 0x4D44, 0x2011BAB0,
+})
+
+
+def on_local_fs(fd: int) -> bool:
+    """Is *fd* on a file system in :data:`LOCAL_FS_TYPES`?"""
+    try:
+        return syscalls.fstatfs(fd)[0] in LOCAL_FS_TYPES
+    except OSError:
+        return False
+
+
 class WorkerPool:
     """The threads a back end runs its blocking host calls in.
 
@@ -52,9 +70,16 @@ class WorkerPool:
     Condition and RLock) chained to it.  As in ThreadPoolExecutor, a thread
     starts only when no idle one can take the call, so a lone guest's
     requests keep landing on the same warm thread.
+
+    With *inline_when_alone*, a call made for the only request in flight in
+    the process (:data:`~ninep.backends.base.REQUEST_LOAD`) runs right here
+    on the event loop: nothing else is waiting for the loop, and the hop's
+    two thread wake-ups are most of such a request's cost.  A back end asks
+    for it only on a local file system (:func:`on_local_fs`), where a call
+    blocks for a disk access at worst.
     """
 
-    def __init__(self, threads: int, name: str) -> None:
+    def __init__(self, threads: int, name: str, *, inline_when_alone: bool = False) -> None:
         self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._max = threads
         self._name = name
@@ -62,10 +87,13 @@ class WorkerPool:
         self._idle = threading.Semaphore(0)
         self._lock = threading.Lock()
         self._closed = False
+        self.inline_when_alone = inline_when_alone
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
             raise RuntimeError("worker pool is shut down")
+        if self.inline_when_alone and REQUEST_LOAD.in_flight <= 1:
+            return fn(*args)
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._queue.put((loop, fut, fn, args))

@@ -82,7 +82,8 @@ class HandleNode:
 class HandleBackend(fdops.OpenFdOps, Backend):
     """Serves *export* through file handles; blocking calls go to a thread pool."""
 
-    def __init__(self, export: str, *, multidevs: str = "warn", threads: int = 8) -> None:
+    def __init__(self, export: str, *, multidevs: str = "warn", threads: int = 8,
+                 inline: bool | None = None) -> None:
         self.export = export
         self.model = PassthroughModel()
         # open_by_handle_at refuses O_PATH mount fds, so the root is opened for reading.
@@ -98,7 +99,8 @@ class HandleBackend(fdops.OpenFdOps, Backend):
             self._close_mounts()
             raise
         self.handle_size = len(self.root_fh.data)
-        self._pool = fdops.WorkerPool(threads, "ninep-handle")
+        self._pool = fdops.WorkerPool(threads, "ninep-handle", inline_when_alone=(
+            fdops.on_local_fs(self.root_fd) if inline is None else inline))
         self._nodes: weakref.WeakSet[HandleNode] = weakref.WeakSet()
 
     # --- start-up ----------------------------------------------------------------------

@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..backends.base import UTIME_NOW, Backend, Credentials, SetAttr, Stat, qid_type
+from ..backends.base import REQUEST_LOAD, UTIME_NOW, Backend, Credentials, SetAttr, Stat, qid_type
 from ..protocol import ninep as p
 from ..transport.base import ReplySink, Segments, gather, scatter, slice_segments, total_length
 from .fids import Fid, FidKind, FidTable
@@ -152,6 +152,7 @@ class Session:
         """Start a request's task, counted against max_inflight until it ends."""
         task = asyncio.get_running_loop().create_task(request)
         self._outstanding += 1
+        REQUEST_LOAD.in_flight += 1
         if self._outstanding >= self.config.max_inflight:
             self._room.clear()
         task.add_done_callback(self._untrack)
@@ -159,6 +160,7 @@ class Session:
 
     def _untrack(self, _task: asyncio.Task) -> None:
         self._outstanding -= 1
+        REQUEST_LOAD.in_flight -= 1
         if self._outstanding < self.config.max_inflight:
             self._room.set()
 

@@ -58,13 +58,16 @@ class LocalBackend(fdops.OpenFdOps, Backend):
     """Serves *export* with a security model; blocking calls go to a thread pool."""
 
     def __init__(self, export: str, *, model: SecurityModel | None = None, multidevs: str = "warn",
-                 threads: int = 8, use_openat2: bool | None = None) -> None:
+                 threads: int = 8, use_openat2: bool | None = None,
+                 inline: bool | None = None) -> None:
         self.export = export
         self.model = model or PassthroughModel()
         self.root_fd = os.open(export, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         root_st = os.fstat(self.root_fd)
         self.qids = QidMapper(root_st.st_dev, multidevs)
-        self._pool = fdops.WorkerPool(threads, "ninep-local")
+        # inline: see WorkerPool; None decides by the export's file system.
+        self._pool = fdops.WorkerPool(threads, "ninep-local", inline_when_alone=(
+            fdops.on_local_fs(self.root_fd) if inline is None else inline))
         self._nodes: weakref.WeakSet[LocalNode] = weakref.WeakSet()
         self._openat2 = _HAVE_OPENAT2 if use_openat2 is None else use_openat2
 

@@ -1,0 +1,92 @@
+"""WorkerPool: where a back-end call runs (a worker thread, or inline on the
+event loop for the only request in flight on a local file system)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ninep.backends import fdops
+from ninep.backends.base import REQUEST_LOAD
+from ninep.backends.local import LocalBackend
+from ninep.client import Client
+
+
+@pytest.fixture
+def load() -> Iterator[None]:
+    saved = REQUEST_LOAD.in_flight
+    yield
+    REQUEST_LOAD.in_flight = saved
+
+
+@pytest.mark.parametrize("inline,in_flight,on_loop", [
+    (True, 0, True), (True, 1, True), (True, 2, False), (False, 1, False), (False, 0, False)])
+async def test_where_a_call_runs(load: None, inline: bool, in_flight: int, on_loop: bool) -> None:
+    pool = fdops.WorkerPool(2, "test", inline_when_alone=inline)
+    REQUEST_LOAD.in_flight = in_flight
+    try:
+        ran_on = await pool.run(threading.get_ident)
+        with pytest.raises(FileNotFoundError):  # errors come back the same either way
+            await pool.run(os.stat, "/no/such/file")
+    finally:
+        pool.shutdown()
+    assert (ran_on == threading.get_ident()) is on_loop
+
+
+def test_only_local_file_systems_may_run_inline(tmp_path: Path) -> None:
+    for path, local in ((tmp_path, True), ("/dev/shm", True), ("/proc", False)):
+        fd = os.open(path, os.O_PATH)
+        try:
+            assert fdops.on_local_fs(fd) is local, path
+        finally:
+            os.close(fd)
+
+
+async def test_sessions_count_requests_in_flight(serve, export: Path) -> None:
+    """QD1 runs on the loop; a burst goes to the workers; the count returns to
+    where it was, cancelled and failed requests included."""
+    (export / "f").write_bytes(b"x" * 65536)
+    before = REQUEST_LOAD.in_flight
+    threads: list[int] = []
+    served = await serve()
+    client: Client = await served.connect()
+    root = await client.attach()
+    fid = await client.walk_open(root, ["f"])
+    pool = _pool_of(served)
+    real = os.preadv
+
+    def spy(fd: int, views: list, offset: int) -> int:
+        threads.append(threading.get_ident())
+        return real(fd, views, offset)
+
+    pool_run = pool.run
+
+    async def run(fn, *args):
+        return await pool_run(spy if fn is real else fn, *args)
+
+    pool.run = run  # type: ignore[method-assign]
+    loop_thread = threading.get_ident()
+    await client.read(fid, 0, 4096)
+    assert threads == [loop_thread]
+    threads.clear()
+    await asyncio.gather(*(client.read(fid, i * 4096, 4096) for i in range(8)))
+    assert len(threads) == 8 and any(t != loop_thread for t in threads)
+    with pytest.raises(OSError):
+        await client.read(root, 0, 10)  # not open: EBADF
+    await client.close()
+    for _ in range(200):
+        if REQUEST_LOAD.in_flight == before:
+            break
+        await asyncio.sleep(0.01)
+    assert REQUEST_LOAD.in_flight == before
+
+
+def _pool_of(served) -> fdops.WorkerPool:
+    backend = served.backend
+    assert isinstance(backend, LocalBackend)
+    return backend._pool
