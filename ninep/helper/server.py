@@ -106,13 +106,34 @@ class Export:
         return os.open(b"self/fd/%d" % opath_fd, flags | os.O_CLOEXEC, dir_fd=self.proc_fd)
 
     def open(self, path: bytes, flags: int, mode: int = 0) -> int:
-        """open(2) semantics, confined, refusing block and character devices."""
+        """open(2) semantics, confined, refusing block and character devices.
+
+        Never blocks: a FIFO without a peer would hold the connection's thread
+        forever, so the open is non-blocking (like QEMU's local back end:
+        ``O_WRONLY`` then fails with ENXIO) and O_NONBLOCK is cleared afterwards
+        unless the caller asked for it."""
         flags &= _OPEN_FLAGS
         mode &= 0o7777
         if flags & os.O_PATH:
-            return self.openat2(path, flags & (os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY))
+            # Not even an O_PATH fd on a device: its receiver could reopen it through
+            # /proc/self/fd without any path access to the export.
+            fd = self.openat2(path, flags & (os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY))
+            if _is_device(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+            return fd
         _check_path(path)
-        flags |= os.O_NOCTTY
+        fd = self._open_nonblocking(path, flags | os.O_NOCTTY | os.O_NONBLOCK, mode)
+        if not flags & os.O_NONBLOCK:
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+            except OSError:
+                os.close(fd)
+                raise
+        return fd
+
+    def _open_nonblocking(self, path: bytes, flags: int, mode: int) -> int:
+        """The confined open itself (*flags* include O_NONBLOCK); checks what it opens."""
         if flags & _O_TMPFILE == _O_TMPFILE:
             return self.openat2(path, flags, mode)  # a new unnamed regular file
         lookup = os.O_PATH | (flags & (os.O_NOFOLLOW | os.O_DIRECTORY))
