@@ -260,7 +260,7 @@ def run_all(targets: Sequence[Target], params: Params, reps: int, out: Path, mem
         for rep in range(reps):
             k = rep % len(targets)
             for target in [*targets[k:], *targets[:k]]:  # rotate: no server always goes first
-                if target.is_variant and rep >= variant_reps:
+                if target.is_variant and target.pythonpath is None and rep >= variant_reps:
                     continue
                 t0 = time.monotonic()
                 rec = run_one(target, rep, params, image, tar, work, out, memory_mb, timeout,
@@ -409,7 +409,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--ab", metavar="DIR", type=Path, action="append", default=[],
                     help="also run ninep from another copy of the package (PYTHONPATH=DIR) as "
                          "the target ninep@NAME (NAME: the folder's name), interleaved with this "
-                         "tree's: a before/after in one run; may be repeated")
+                         "tree's, every rep: a before/after in one run; may be repeated")
     ap.add_argument("--profile", action="store_true", help="py-spy record the ninep server (profile-*.svg)")
     ap.add_argument("--from-json", type=Path, help="only redraw tables and charts from a saved guest_compare.json")
     args = ap.parse_args(argv)
