@@ -99,7 +99,13 @@ class WorkerPool:
         self._queue.put((loop, fut, fn, args))
         if not self._idle.acquire(blocking=False) and len(self._threads) < self._max:
             self._spawn()
-        return await fut
+        try:
+            return await fut
+        finally:
+            # A failed call's traceback holds this frame, and so fut, and so the
+            # exception: a cycle that would keep the call's views of guest memory
+            # alive until the cyclic GC runs.
+            del fut
 
     def _spawn(self) -> None:
         with self._lock:

@@ -12,6 +12,7 @@ with ``virtio-id=9`` (see :meth:`VhostUserFrontend.qemu_start` and
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import struct
@@ -47,17 +48,25 @@ class VhostUserFrontend:
 
     @classmethod
     async def connect(cls, path: str, timeout: float = 15.0) -> VhostUserFrontend:
-        """Connect, retrying while the server is still starting up."""
+        """Connect, retrying while the server is still starting up (or its backlog is full)."""
         deadline = time.monotonic() + timeout
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.setblocking(False)
             try:
                 await asyncio.get_running_loop().sock_connect(sock, path)
+                # A full backlog makes connect() fail with EAGAIN, which asyncio takes for
+                # "in progress" and then for success: check that there is a peer.
+                sock.getpeername()
                 return cls(sock)
-            except (FileNotFoundError, ConnectionRefusedError):
+            except (FileNotFoundError, ConnectionRefusedError, BlockingIOError) as exc:
                 sock.close()
                 if time.monotonic() > deadline:
+                    raise exc
+                await asyncio.sleep(0.05)
+            except OSError as exc:
+                sock.close()
+                if exc.errno != errno.ENOTCONN or time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.05)
 

@@ -155,11 +155,13 @@ class GuestMemory:
                 return True
         return False
 
-    def close(self) -> None:
-        """Forget every region (unmapping each as soon as no view of it is in use)."""
+    def close(self) -> bool:
+        """Forget every region (unmapping each as soon as no view of it is in use).
+
+        True if every region was unmapped now, False if some view still holds one.
+        """
         regions, self._regions = self._regions, []
-        for mapped in regions:
-            mapped.close()
+        return all([mapped.close() for mapped in regions])
 
     @property
     def regions(self) -> list[MemoryRegion]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import gc
 import logging
 import os
 import socket
@@ -157,6 +158,18 @@ def virtio_9p_config(tag: str) -> bytes:
     return struct.pack("<H", len(raw)) + raw
 
 
+def fd_kind(fd: int) -> str:
+    """What an fd refers to, as /proc names it ("anon_inode:[eventfd]", "pipe:[…]", a path)."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as exc:
+        return f"unknown ({exc.strerror})"
+
+
+def is_eventfd(fd: int) -> bool:
+    return fd_kind(fd) == "anon_inode:[eventfd]"
+
+
 class MessageError(Exception):
     """A request that was refused, unknown or malformed; answered with a failure."""
 
@@ -270,12 +283,14 @@ class VhostUserDevice:
     """One front end's view of the device: features, guest memory, virtqueues.
 
     *handler* gets each request's readable views and a reply sink
-    (``Session.submit``).  The device closes every fd it is given.
+    (``Session.submit``); *max_request* bounds a request's length (see
+    :class:`SplitVirtqueue`).  The device closes every fd it is given.
     """
 
     def __init__(self, config_space: bytes, handler: RequestHandler, *, num_queues: int = 1,
                  features: int = DEVICE_FEATURES, protocol_features: int = PROTOCOL_FEATURES,
-                 drain_timeout: float = 10.0) -> None:
+                 drain_timeout: float = 10.0,
+                 max_request: Callable[[], int] | None = None) -> None:
         if len(config_space) > MAX_CONFIG_SIZE:
             raise ValueError(f"config space of {len(config_space)} bytes exceeds {MAX_CONFIG_SIZE}")
         self.config_space = config_space
@@ -286,7 +301,8 @@ class VhostUserDevice:
         self.owned = False
         self.drain_timeout = drain_timeout
         self.memory = GuestMemory()
-        self.queues = [SplitVirtqueue(i, handler) for i in range(num_queues)]
+        self.queues = [SplitVirtqueue(i, handler, max_request=max_request)
+                       for i in range(num_queues)]
         self.message_counts: dict[str, int] = {}
         self._handlers: dict[int, Callable[[Message], Any]] = {
             Request.GET_FEATURES: self._get_features,
@@ -389,7 +405,11 @@ class VhostUserDevice:
                             "mapped until they finish", q.name, q.inflight)
         for q in self.queues:
             q.close()
-        self.memory.close()
+        if not self.memory.close():
+            # Views of guest RAM that no request uses any more can still sit in reference
+            # cycles (an exception's traceback keeps the frames of a failed request); they
+            # would keep the mapping and its fd until the cyclic collector runs.
+            gc.collect()
 
     def stop_processing(self) -> None:
         """No new requests from any ring (the first step of a disconnect)."""
@@ -422,6 +442,9 @@ class VhostUserDevice:
             if msg.fds:
                 raise MessageError(f"{msg.name} says no fd but carries {len(msg.fds)}")
             return q, None
+        if len(msg.fds) == 1 and not is_eventfd(msg.fds[0]):
+            # A pipe at EOF would spin the kick reader, a full one block a call.
+            raise MessageError(f"{msg.name} fd is {fd_kind(msg.fds[0])}, not an eventfd")
         return q, msg.take_fd()
 
     # --- features ------------------------------------------------------------------------
@@ -620,7 +643,9 @@ async def serve_front_end(conn: socket.socket, backend: Backend, config_space: b
                           device_options: dict[str, Any] | None = None) -> VhostUserDevice:
     """Serve one connected front end until it goes, then release all it held."""
     session = Session(backend, session_config)
-    device = VhostUserDevice(config_space, session.submit, **(device_options or {}))
+    # A request may be no longer than the msize, as on a stream (Tversion may lower it).
+    options: dict[str, Any] = {"max_request": lambda: session.msize, **(device_options or {})}
+    device = VhostUserDevice(config_space, session.submit, **options)
     try:
         await device.serve(conn)
     finally:

@@ -10,7 +10,9 @@ Everything the guest controls is checked before it is used: descriptor
 indices, addresses (through GuestMemory), chain length, loops, nested
 indirect tables, and the readable-then-writable order.  A chain that breaks a
 rule is logged, counted, signalled on the error eventfd and never completed;
-the queue goes on with the next one.
+the queue goes on with the next one.  A well-formed chain whose readable part
+exceeds ``max_request`` (the 9P msize) is signalled too, and returned with
+used.len 0 without reaching the handler.
 
 Memory ordering: Python has no barriers, so the code keeps the order the
 virtio spec asks for and relies on x86/arm64 stores of aligned u16/u32 being
@@ -41,8 +43,12 @@ VIRTQ_USED_F_NO_NOTIFY = 1
 
 #: Largest queue a split ring may have.
 MAX_QUEUE_SIZE = 32768
-#: Most descriptors one chain may have after expanding an indirect table (as QEMU).
+#: Most descriptors one chain may have, direct or after expanding an indirect table
+#: (QEMU's VIRTQUEUE_MAX_SIZE): a chain walk is bounded even on a 32768-entry ring.
 MAX_CHAIN = 1024
+#: Chains popped in one event-loop pass; the rest wait for the next pass, so a guest
+#: that fills a large ring with long (or looping) chains cannot stall the loop.
+CHAINS_PER_PASS = 16
 
 DESC = struct.Struct("<QIHH")  # addr, len, flags, next
 USED_ELEM = struct.Struct("<II")  # id, len
@@ -79,6 +85,7 @@ class VirtqueueStats:
     requests: int = 0
     completed: int = 0
     broken: int = 0
+    oversized: int = 0
     calls: int = 0
     errors_signalled: int = 0
 
@@ -86,7 +93,8 @@ class VirtqueueStats:
 class VirtqueueReplySink(ReplySink):
     """Writes one reply into the chain's writable descriptors and completes the chain."""
 
-    __slots__ = ("capacity", "_queue", "_head", "_writable", "_reserved", "_generation")
+    __slots__ = ("capacity", "_queue", "_head", "_writable", "_reserved", "_cut_short",
+                 "_generation")
 
     def __init__(self, queue: SplitVirtqueue, head: int, writable: list[memoryview],
                  capacity: int, generation: int) -> None:
@@ -95,6 +103,7 @@ class VirtqueueReplySink(ReplySink):
         self._head = head
         self._writable: list[memoryview] | None = writable
         self._reserved = 0
+        self._cut_short = False  # reserve() asked for more than the chain holds
         self._generation = generation
 
     @property
@@ -118,18 +127,26 @@ class VirtqueueReplySink(ReplySink):
         if self._writable is None:
             raise RuntimeError("reply sink already completed")
         self._reserved = max(0, min(size, self.capacity))
+        self._cut_short = size > self.capacity
         return slice_segments(self._writable, 0, self._reserved)
 
     def commit(self, length: int) -> None:
         if self._writable is None:
             log.warning("%s: second commit for head %d ignored", self._queue.name, self._head)
             return
-        self._complete(max(0, min(length, self._reserved)))
+        if length > self._reserved:
+            # Only part of the reply is in guest memory: return nothing, as send() does,
+            # rather than a frame whose size field disagrees with used.len.
+            log.error("%s: %d-byte reply does not fit the %d writable bytes of head %d",
+                      self._queue.name, length, self._reserved, self._head)
+            length = 0
+        self._complete(max(0, length))
 
     def drop(self) -> None:
-        # A virtqueue must return every chain: hand back what reserve() saw written.
+        # A virtqueue must return every chain: hand back what reserve() saw written
+        # (nothing if that did not fit).
         if self._writable is not None:
-            self._complete(self._reserved)
+            self._complete(0 if self._cut_short else self._reserved)
 
     def _complete(self, length: int) -> None:
         self._writable = None  # let the guest-memory views go
@@ -147,11 +164,14 @@ class SplitVirtqueue:
     """
 
     def __init__(self, index: int, handler: RequestHandler, *, max_chain: int = MAX_CHAIN,
-                 name: str | None = None) -> None:
+                 max_request: Callable[[], int] | None = None, name: str | None = None) -> None:
+        """*max_request* gives the most readable bytes a request may have (the 9P
+        msize); a longer chain is returned unanswered instead of reaching *handler*."""
         self.index = index
         self.name = name or f"vq{index}"
         self.handler = handler
         self.max_chain = max_chain
+        self.max_request = max_request
         self.num = 0
         self.last_avail_idx = 0
         self.event_idx = False
@@ -175,6 +195,7 @@ class SplitVirtqueue:
         self._idle.set()
         self._throttled = False
         self._flush_handle: asyncio.Handle | None = None
+        self._resume_handle: asyncio.Handle | None = None
         self._reader_loop: asyncio.AbstractEventLoop | None = None
 
     # --- configuration (control plane) -----------------------------------------------
@@ -247,12 +268,19 @@ class SplitVirtqueue:
         self._maybe_start()
 
     def set_call_fd(self, fd: int | None) -> None:
-        """The call eventfd may be replaced at any time (QEMU masks/unmasks with it)."""
+        """The call eventfd may be replaced at any time (QEMU masks/unmasks with it).
+
+        Made non-blocking, as the error fd: a write to a full one must not stall the loop.
+        """
         self._close_fd("call_fd")
+        if fd is not None:
+            os.set_blocking(fd, False)
         self.call_fd = fd
 
     def set_err_fd(self, fd: int | None) -> None:
         self._close_fd("err_fd")
+        if fd is not None:
+            os.set_blocking(fd, False)
         self.err_fd = fd
 
     def set_enabled(self, enabled: bool) -> None:
@@ -280,6 +308,9 @@ class SplitVirtqueue:
     def halt(self) -> None:
         """Take no new requests; the ones in flight still complete into the used ring."""
         self._stop_reader()
+        if self._resume_handle is not None:
+            self._resume_handle.cancel()
+            self._resume_handle = None
         self.started = False
 
     async def stop(self, timeout: float | None = None) -> int:
@@ -314,12 +345,17 @@ class SplitVirtqueue:
     # --- ring processing -------------------------------------------------------------
 
     def process_avail(self) -> None:
-        """Pop and dispatch every chain the driver made available."""
+        """Pop and dispatch the chains the driver made available, CHAINS_PER_PASS of them
+        per loop pass (the next pass is scheduled while more are waiting)."""
+        if self._resume_handle is not None:
+            self._resume_handle.cancel()
+            self._resume_handle = None
         if not self.started or not self.enabled or self.broken:
             return
         avail = self._avail
         num = self.num
         assert avail is not None
+        budget = CHAINS_PER_PASS
         while True:
             avail_idx = _U16.unpack_from(avail, 2)[0]
             pending = (avail_idx - self.last_avail_idx) & 0xFFFF
@@ -340,6 +376,10 @@ class SplitVirtqueue:
                     # A driver has at most num chains outstanding; resume on completion.
                     self._throttled = True
                     return
+                if budget == 0:
+                    self._resume_handle = asyncio.get_running_loop().call_soon(self.process_avail)
+                    return
+                budget -= 1
                 slot = 4 + 2 * (self.last_avail_idx % num)
                 head = _U16.unpack_from(avail, slot)[0]
                 self.last_avail_idx = (self.last_avail_idx + 1) & 0xFFFF
@@ -349,7 +389,7 @@ class SplitVirtqueue:
 
     def _dispatch(self, head: int) -> None:
         try:
-            readable, writable, capacity = self._walk_chain(head)
+            readable, writable, out_bytes, capacity = self._walk_chain(head)
         except BrokenChain as exc:
             self.stats.broken += 1
             self._signal_error(f"head {head}: {exc}; request dropped")
@@ -358,6 +398,13 @@ class SplitVirtqueue:
         self._inflight += 1
         self._idle.clear()
         sink = VirtqueueReplySink(self, head, writable, capacity, self._generation)
+        if self.max_request is not None and out_bytes > (limit := self.max_request()):
+            # The handler would copy it: a guest could make us allocate 4 GiB per request.
+            self.stats.oversized += 1
+            self._signal_error(f"head {head}: a {out_bytes}-byte request, more than {limit}; "
+                               "returned unanswered")
+            sink.send(b"")
+            return
         try:
             self.handler(readable, sink)
         except Exception:
@@ -365,8 +412,8 @@ class SplitVirtqueue:
             if not sink.done:
                 sink.send(b"")
 
-    def _walk_chain(self, head: int) -> tuple[list[memoryview], list[memoryview], int]:
-        """Translate a chain into readable and writable views; BrokenChain if it is bogus."""
+    def _walk_chain(self, head: int) -> tuple[list[memoryview], list[memoryview], int, int]:
+        """Readable views, writable views and the byte count of each; BrokenChain if bogus."""
         memory = self._memory
         table = self._desc
         assert memory is not None and table is not None
@@ -374,24 +421,27 @@ class SplitVirtqueue:
         if head >= num:
             raise BrokenChain(f"head index {head} outside a queue of {num}")
         addr, length, flags, nxt = DESC.unpack_from(table, 16 * head)
-        limit = num
+        entries = num  # of the table that next indices point into
         if flags & VIRTQ_DESC_F_INDIRECT:
             if flags & VIRTQ_DESC_F_NEXT:
                 raise BrokenChain("indirect descriptor also has NEXT")
             if length == 0 or length % DESC.size:
                 raise BrokenChain(f"indirect table of {length} bytes")
-            limit = length // DESC.size
-            if limit > self.max_chain:
-                raise BrokenChain(f"indirect table of {limit} descriptors, more than {self.max_chain}")
+            entries = length // DESC.size
+            if entries > self.max_chain:
+                raise BrokenChain(f"indirect table of {entries} descriptors, more than "
+                                  f"{self.max_chain}")
             try:
                 table = memory.gpa_view(addr, length)
             except GuestMemoryError as exc:
                 raise BrokenChain(f"indirect table: {exc}") from None
             addr, length, flags, nxt = DESC.unpack_from(table, 0)
+        limit = min(entries, self.max_chain)  # so a loop is caught after that many
         readable: list[memoryview] = []
         writable: list[memoryview] = []
         out_bytes = in_bytes = 0
         count = 0
+        seen_writable = False  # by descriptor: a zero-length one has no views
         while True:
             count += 1
             if count > limit:
@@ -403,21 +453,22 @@ class SplitVirtqueue:
             except GuestMemoryError as exc:
                 raise BrokenChain(str(exc)) from None
             if flags & VIRTQ_DESC_F_WRITE:
+                seen_writable = True
                 writable.extend(views)
                 in_bytes += length
             else:
-                if writable:
+                if seen_writable:
                     raise BrokenChain("readable descriptor after a writable one")
                 readable.extend(views)
                 out_bytes += length
             if not flags & VIRTQ_DESC_F_NEXT:
                 break
-            if nxt >= limit:
-                raise BrokenChain(f"next index {nxt} outside a table of {limit}")
+            if nxt >= entries:
+                raise BrokenChain(f"next index {nxt} outside a table of {entries}")
             addr, length, flags, nxt = DESC.unpack_from(table, 16 * nxt)
         if in_bytes > 0xFFFFFFFF or out_bytes > 0xFFFFFFFF:
             raise BrokenChain("chain length overflows 32 bits")
-        return readable, writable, in_bytes
+        return readable, writable, out_bytes, in_bytes
 
     def _complete(self, head: int, length: int, generation: int) -> None:
         self._inflight -= 1
@@ -553,14 +604,18 @@ class SplitVirtqueue:
 
     def _close_fd(self, attr: str) -> None:
         fd = getattr(self, attr)
+        if fd is None:
+            return
+        if attr == "kick_fd":
+            # While kick_fd still names it: closing an fd the loop still watches leaves a
+            # stale epoll entry (EEXIST when the number comes back) and a reader on
+            # whatever reuses the number.
+            self._stop_reader()
         setattr(self, attr, None)
-        if fd is not None:
-            if attr == "kick_fd":
-                self._stop_reader()
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 __all__ = [
@@ -568,4 +623,5 @@ __all__ = [
     "RequestHandler", "vring_need_event", "ring_sizes", "DESC", "USED_ELEM",
     "VIRTQ_DESC_F_NEXT", "VIRTQ_DESC_F_WRITE", "VIRTQ_DESC_F_INDIRECT",
     "VIRTQ_AVAIL_F_NO_INTERRUPT", "VIRTQ_USED_F_NO_NOTIFY", "MAX_QUEUE_SIZE", "MAX_CHAIN",
+    "CHAINS_PER_PASS",
 ]
