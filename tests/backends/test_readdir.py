@@ -15,17 +15,21 @@ DT_UNKNOWN, DT_DIR, DT_REG, DT_LNK, DT_FIFO = 0, 4, 8, 10, 1
 
 @pytest.fixture
 def many(fs: Fs) -> list[bytes]:
-    """1000 entries in export/big (hard links to one file: cheap to make, and
-    still one directory entry each); returns every name readdir must yield."""
-    fs.host("big").mkdir()
-    names = [f"entry-{i:04d}-{'x' * (i % 40)}" for i in range(1000)]
-    big = os.open(fs.host("big"), os.O_PATH | os.O_DIRECTORY)
+    """1000 entries in export/big; returns every name readdir must yield."""
+    return _linked_entries(fs, "big", [f"entry-{i:04d}-{'x' * (i % 40)}" for i in range(1000)])
+
+
+def _linked_entries(fs: Fs, dirname: str, names: list[str]) -> list[bytes]:
+    """Directory *dirname* holding *names* (hard links to one file: cheap to make,
+    and still one directory entry each); returns every name readdir must yield."""
+    fs.host(dirname).mkdir()
+    dfd = os.open(fs.host(dirname), os.O_PATH | os.O_DIRECTORY)
     try:
-        os.close(os.open(names[0], os.O_CREAT | os.O_WRONLY, dir_fd=big))
+        os.close(os.open(names[0], os.O_CREAT | os.O_WRONLY, dir_fd=dfd))
         for name in names[1:]:
-            os.link(names[0], name, src_dir_fd=big, dst_dir_fd=big)
+            os.link(names[0], name, src_dir_fd=dfd, dst_dir_fd=dfd)
     finally:
-        os.close(big)
+        os.close(dfd)
     return [b".", b"..", *(n.encode() for n in names)]
 
 
@@ -43,18 +47,10 @@ async def test_a_large_request_takes_the_whole_directory_at_once(fs: Fs) -> None
     """A Treaddir of a full msize (~21000 entries' room) gets a 2000-entry
     directory (~180 KiB of host dirents) in one call, not a 64 KiB getdents64's
     worth: listing it is one round trip."""
-    fs.host("wide").mkdir()
-    names = [f"{i:04d}-{'y' * 60}" for i in range(2000)]
-    wide = os.open(fs.host("wide"), os.O_PATH | os.O_DIRECTORY)
-    try:
-        os.close(os.open(names[0], os.O_CREAT | os.O_WRONLY, dir_fd=wide))
-        for name in names[1:]:
-            os.link(names[0], name, src_dir_fd=wide, dst_dir_fd=wide)
-    finally:
-        os.close(wide)
+    expected = _linked_entries(fs, "wide", [f"{i:04d}-{'y' * 60}" for i in range(2000)])
     node = await fs.open("wide")
     batch = await fs.backend.readdir(node, 0, 21000)
-    assert sorted(e.name for e in batch) == sorted([b".", b"..", *(n.encode() for n in names)])
+    assert sorted(e.name for e in batch) == sorted(expected)
     assert await fs.backend.readdir(node, batch[-1].offset, 21000) == []
 
 
