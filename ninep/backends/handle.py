@@ -109,8 +109,8 @@ class HandleBackend(fdops.OpenFdOps, Backend):
         """The export root's handle, once we know handles work here (one-line errors)."""
         effective, _, _ = syscalls.capget()
         if not effective & (1 << syscalls.CAP_DAC_READ_SEARCH):
-            raise OSError(f"--backend handle needs CAP_DAC_READ_SEARCH (run as root or grant it) "
-                          f"to open files by handle")
+            raise OSError("--backend handle needs CAP_DAC_READ_SEARCH (run as root or grant it) "
+                          "to open files by handle")
         try:
             htype, data, mount_id = syscalls.name_to_handle_at(self.root_fd, "",
                                                                syscalls.AT_EMPTY_PATH)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from ninep.backends.base import Node, SetAttr
+from ninep.backends.base import SetAttr
 from ninep.protocol.ninep import QTSYMLINK
 
 from .conftest import CRED, Caps, Fs

@@ -4,7 +4,6 @@ sink for talking to a Session directly, and an export with user xattrs."""
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import shutil

@@ -19,7 +19,7 @@ from ninep.testing.vhost_frontend import ACKED, PLAIN, VhostUserFrontend, VhostU
 from ninep.transport.memory import MemoryRegion
 from ninep.transport.virtqueue import VIRTQ_DESC_F_NEXT
 from ninep.transport.vhost_user import (CONFIG_HEADER, DEVICE_FEATURES, MEMORY_HEADER,
-                                        PROTOCOL_F_CONFIGURE_MEM_SLOTS, PROTOCOL_FEATURES, U64, VIRTIO_RING_F_EVENT_IDX,
+                                        PROTOCOL_FEATURES, U64, VIRTIO_RING_F_EVENT_IDX,
                                         VRING_STATE, Request, serve_vhost_user,
                                         virtio_9p_config)
 
