@@ -104,6 +104,8 @@ class Session:
         self._room = asyncio.Event()
         self._room.set()
         self._closed = False
+        # Cached: on Python 3.11 each get_running_loop() is a getpid() syscall.
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: id(fid) -> done-future of the Tlopen/Tlcreate running on it (see _opening_of).
         self._opening: dict[int, asyncio.Future] = {}
         self._handlers: dict[int, Callable[..., Coroutine[Any, Any, Any]]] = {
@@ -150,7 +152,10 @@ class Session:
 
     def _track(self, request: Coroutine[Any, Any, None]) -> asyncio.Task:
         """Start a request's task, counted against max_inflight until it ends."""
-        task = asyncio.get_running_loop().create_task(request)
+        loop = self._loop
+        if loop is None:  # a Session may be built before its loop runs
+            loop = self._loop = asyncio.get_running_loop()
+        task = loop.create_task(request)
         self._outstanding += 1
         REQUEST_LOAD.in_flight += 1
         if self._outstanding >= self.config.max_inflight:

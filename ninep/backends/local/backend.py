@@ -114,6 +114,8 @@ class LocalBackend(fdops.OpenFdOps, Backend):
         """
         if not node.parts:
             return fn(self.root_fd, ".")
+        if len(node.parts) == 1:  # in the export's root: no need for a dup to close
+            return fn(self.root_fd, node.parts[0])
         try:
             dirfd = self._open_dir(node.parts[:-1])
         except OSError:
@@ -129,6 +131,8 @@ class LocalBackend(fdops.OpenFdOps, Backend):
         """Run ``fn(dir_fd, name)`` for *name* inside directory node *dnode*."""
         if self.model.is_hidden(name):
             raise OSError(errno.EACCES, "reserved name")
+        if not dnode.parts:
+            return fn(self.root_fd, name)
         dirfd = self._open_dir(dnode.parts)
         try:
             return fn(dirfd, name)
