@@ -36,6 +36,7 @@ if str(REPO) not in sys.path:  # "tests.e2e" is imported from the source tree
 
 from bench.report import Summary, fmt_ratio, markdown_table, ratio, ratio_chart  # noqa: E402
 from bench.cpu import WorkloadCpuSampler, process_cpu_seconds  # noqa: E402
+from bench.profile_summary import summarise as summarise_profile  # noqa: E402
 from bench.servers import Target, all_targets  # noqa: E402
 from tests.e2e.guest import GuestImage, run_guest  # noqa: E402
 
@@ -198,7 +199,7 @@ def run_one(target: Target, rep: int, params: Params, image: GuestImage, tar: Pa
     try:
         populate(export, params, tar)
         with target.start(export, sockdir, logs / f"{tag}.server.log", memory_mb) as running:
-            spy = _start_py_spy(running.pid, out / f"profile-{tag}.svg") if profile and running.pid else None
+            spy = _start_py_spy(running.pid, out / f"profile-{tag}.txt") if profile and running.pid else None
             console = logs / f"{tag}.console.log"
             console.unlink(missing_ok=True)
             sampler = WorkloadCpuSampler(running.pid, console) if running.pid else contextlib.nullcontext()
@@ -208,9 +209,11 @@ def run_one(target: Target, rep: int, params: Params, image: GuestImage, tar: Pa
                                 timeout=timeout, image=image, memory_mb=memory_mb,
                                 qemu_args=running.qemu_args, console_log=console)
             cpu1 = process_cpu_seconds(running.pid)
-            if spy is not None:  # py-spy writes its flame graph on SIGINT
+            if spy is not None:  # py-spy writes its stacks on SIGINT
                 spy.send_signal(signal.SIGINT)
                 spy.wait(timeout=120)
+                if (out / f"profile-{tag}.txt").exists():
+                    print(summarise_profile(out / f"profile-{tag}.txt", top=15))
         raw = {k: int(v) for k, v in _RESULT.findall(res.output)}
         ok = res.ok and "BENCH-DONE" in res.output
         host_read = None
@@ -238,13 +241,14 @@ def _failure_summary(res) -> str:
     return f"    {res.describe().splitlines()[0]}\n    --- console tail ---\n{tail}"
 
 
-def _start_py_spy(pid: int, svg: Path) -> subprocess.Popen[bytes] | None:
-    """py-spy record on the server until it exits (the guest's poweroff ends it)."""
+def _start_py_spy(pid: int, raw: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy record on the server until the workloads end, as collapsed stacks
+    (``--format raw``: a flame graph tool reads them, bench.profile_summary sums them)."""
     if shutil.which("py-spy") is None:
         print("  py-spy not installed (pip install py-spy): no profile", file=sys.stderr)
         return None
     return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--rate", "200",
-                             "--output", str(svg), "--nonblocking"],
+                             "--format", "raw", "--output", str(raw), "--nonblocking"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -410,7 +414,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="also run ninep from another copy of the package (PYTHONPATH=DIR) as "
                          "the target ninep@NAME (NAME: the folder's name), interleaved with this "
                          "tree's, every rep: a before/after in one run; may be repeated")
-    ap.add_argument("--profile", action="store_true", help="py-spy record the ninep server (profile-*.svg)")
+    ap.add_argument("--profile", action="store_true",
+                    help="py-spy record the ninep server (profile-*.txt, summarised on the console)")
     ap.add_argument("--from-json", type=Path, help="only redraw tables and charts from a saved guest_compare.json")
     args = ap.parse_args(argv)
     args.workloads = tuple(w for w in args.workloads.split(",") if w)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bench import micro
 from bench.guest_compare import Params, count_files, derive, make_tar, metrics
+from bench.profile_summary import summarise
 from bench.report import Summary, fmt_ratio, markdown_table, ratio
 
 
@@ -74,3 +75,22 @@ def test_count_files_skips_mapped_file_metadata(tmp_path: Path) -> None:
     (tmp_path / "d" / ".virtfs_metadata" / "a").write_text("meta")
     (tmp_path / "b").write_text("y")
     assert count_files(tmp_path) == 2
+
+
+def test_profile_summary_splits_loop_time_from_the_server_stages(tmp_path: Path) -> None:
+    raw = tmp_path / "profile.txt"
+    main = "<module> (ninep/__main__.py:5);Runner.run (asyncio/runners.py:118)"
+    raw.write_text("\n".join([
+        f"{main} 40",  # the loop waiting in epoll
+        f"{main};Session._run (ninep/server/session.py:200);"
+        "StreamConnection._deliver (ninep/transport/stream.py:207) 30",
+        f"{main};Session._run (ninep/server/session.py:200);LocalBackend._run "
+        "(ninep/backends/local/backend.py:77);open_created (ninep/backends/local/secmodel.py:43) 20",
+        f"{main};Session._dispatch (ninep/server/session.py:230) 10",
+    ]) + "\n")
+    text = summarise(raw, top=3)
+    assert "100 samples; 40% in the event loop's own C code" in text
+    assert " 50.0%  send the reply" in text
+    assert " 33.3%  host syscalls (back end)" in text
+    assert " 16.7%  decode, dispatch, encode" in text
+    assert text.index("StreamConnection._deliver") < text.index("open_created")
