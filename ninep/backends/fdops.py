@@ -147,9 +147,14 @@ def fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
+def open_nofollow(dirfd: int, name: str, flags: int = os.O_PATH) -> int:
+    """Open entry *name* of *dirfd* itself: a final symlink is not followed."""
+    return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+
+
 def with_pinned(dirfd: int, name: str, fn: Callable[[int], T]) -> T:
     """Run ``fn(pinned_fd)`` on entry *name* of *dirfd*, without following a symlink."""
-    pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+    pfd = open_nofollow(dirfd, name)
     try:
         return fn(pfd)
     finally:

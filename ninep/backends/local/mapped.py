@@ -24,7 +24,8 @@ from typing import NamedTuple, TypeVar
 
 from .. import fdops
 from ..base import Credentials, DirEntry, Stat
-from .secmodel import SecurityModel, open_created, open_nofollow, proc_path
+from ..fdops import open_nofollow
+from .secmodel import SecurityModel, open_created, proc_path
 
 T = TypeVar("T")
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from ... import syscalls
 from ..base import Credentials, DirEntry, Stat
+from ..fdops import fd_path, open_nofollow
 
 MODEL_CHOICES = ("passthrough", "mapped-xattr", "mapped", "mapped-file", "none")
 
@@ -23,11 +24,7 @@ MODEL_CHOICES = ("passthrough", "mapped-xattr", "mapped", "mapped-file", "none")
 def proc_path(dirfd: int, name: str | None = None) -> str:
     """A /proc path that reaches *name* inside confined *dirfd* without a
     guest-built path string (QEMU's trick for calls with no dir-fd form)."""
-    return f"/proc/self/fd/{dirfd}" if name is None else f"/proc/self/fd/{dirfd}/{name}"
-
-
-def open_nofollow(dirfd: int, name: str, flags: int = os.O_PATH) -> int:
-    return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+    return fd_path(dirfd) if name is None else f"{fd_path(dirfd)}/{name}"
 
 
 def open_created(dirfd: int, name: str, flags: int, mode: int) -> tuple[int, bool]:
