@@ -251,17 +251,23 @@ class _ErrorLog(logging.Handler):
 
 
 @dataclass
-class FuzzStats:
-    cases: int = 0
-    frames: int = 0
-    replies: Counter = field(default_factory=Counter)
-    errors: Counter = field(default_factory=Counter)
-    flushed: int = 0
+class ResourceTotals:
+    """What every fuzz run reports of the process it fuzzed: time, fds, memory."""
+
     seconds: float = 0.0
     fds_before: int = 0
     fds_after: int = 0
     rss_before_kib: int = 0
     rss_after_kib: int = 0
+
+
+@dataclass
+class FuzzStats(ResourceTotals):
+    cases: int = 0
+    frames: int = 0
+    replies: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+    flushed: int = 0
 
     def summary(self) -> str:
         rate = self.frames / self.seconds if self.seconds else 0.0

@@ -60,7 +60,7 @@ from ninep.protocol import proxy as P
 
 from security.harness import CANARY_CONTENT, CANARY_XATTR, PROBE, Canary, fd_count, rss_kib
 
-from .engine import FuzzFailure
+from .engine import FuzzFailure, ResourceTotals
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helper"))
 from proxy_helper_support import Client, Helper  # noqa: E402
@@ -424,7 +424,7 @@ def predict(data: bytes) -> tuple[list[P.Request], bool]:
 
 
 @dataclass
-class ProxyFuzzStats:
+class ProxyFuzzStats(ResourceTotals):
     cases: int = 0
     messages: int = 0        #: frames sent (well-formed requests + malformed ones)
     malformed: int = 0       #: cases the helper had to reject
@@ -438,13 +438,8 @@ class ProxyFuzzStats:
     fds_received: int = 0    #: fds the helper sent back (T_OPEN/T_CREATE)
     overlaps: int = 0        #: replies read only after the next case ran
     checkpoints: int = 0
-    seconds: float = 0.0
-    fds_before: int = 0
-    fds_after: int = 0
     threads_before: int = 0
     threads_after: int = 0
-    rss_before_kib: int = 0
-    rss_after_kib: int = 0
 
     def summary(self) -> str:
         rate = self.cases / self.seconds if self.seconds else 0.0

@@ -69,7 +69,7 @@ from ninep.transport.virtqueue import (DESC, MAX_CHAIN, VIRTQ_DESC_F_INDIRECT, V
 
 from security.harness import Canary, fd_count, rss_kib
 
-from .engine import build_export, random_frames, without_mknod_capability
+from .engine import ResourceTotals, build_export, random_frames, without_mknod_capability
 
 MIB = 1 << 20
 U64_MAX = (1 << 64) - 1
@@ -122,7 +122,7 @@ EPISODES = ("avail-jump", "used-outside-memory", "used-in-read-only-region", "us
 
 
 @dataclass
-class VhostFuzzStats:
+class VhostFuzzStats(ResourceTotals):
     """Totals of a run; ``summary()`` is what scripts/fuzz-long prints."""
 
     cases: int = 0
@@ -139,11 +139,6 @@ class VhostFuzzStats:
     control: Counter = field(default_factory=Counter)  # "ack-ok", "ack-fail", "reply", "dropped"...
     refused: Counter = field(default_factory=Counter)  # control request -> failures answered
     server_log: Counter = field(default_factory=Counter)  # level -> records (expected ones)
-    seconds: float = 0.0
-    fds_before: int = 0
-    fds_after: int = 0
-    rss_before_kib: int = 0
-    rss_after_kib: int = 0
 
     def summary(self) -> str:
         rate = self.cases / self.seconds if self.seconds else 0.0
