@@ -78,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=_positive, default=min(32, (os.cpu_count() or 1) * 4))
     ap.add_argument("--inline", type=_choice(INLINE_CHOICES), default="auto",
                     help="run a back-end call on the event loop when it is the only request in "
-                         "flight (auto: if the export is on a local file system; never: always "
-                         "use a worker thread)")
+                         "flight (auto: if the export and every mount inside it are local file "
+                         "systems; never: always use a worker thread)")
     ap.add_argument("--max-fids", type=_positive, default=65536)
     ap.add_argument("--max-inflight", type=_positive, default=1024,
                     help="requests per session read but not yet answered")

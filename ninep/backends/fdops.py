@@ -44,13 +44,19 @@ def _settle(fut: asyncio.Future, ok: bool, value: Any) -> None:
             fut.set_exception(value)
 
 
-#: statfs f_type of file systems whose calls finish without the network or a
-#: user-space server (ext2/3/4, xfs, btrfs, tmpfs, ramfs, f2fs, overlay, zfs,
-#: bcachefs, jfs, reiserfs, nilfs, vfat, exfat).  Only on these may a call run
-#: on the event loop: on NFS, CIFS or FUSE one can hang for as long as the server.
+#: File systems whose calls finish without the network or a user-space server,
+#: by statfs f_type and by the name /proc/self/mountinfo gives them (ext2/3/4,
+#: xfs, btrfs, tmpfs, ramfs, f2fs, overlay, zfs, bcachefs, jfs, reiserfs, nilfs,
+#: vfat, exfat).  Only on these may a call run on the event loop: on NFS, CIFS or
+#: FUSE one can hang for as long as the server, and procfs has files whose
+#: reads block.
 LOCAL_FS_TYPES = frozenset({
     0xEF53, 0x58465342, 0x9123683E, 0x01021994, 0x858458F6, 0xF2F52010, 0x794C7630,
     0x2FC12FC1, 0xCA451A4E, 0x3153464A, 0x52654973, 0x3434, 0x4D44, 0x2011BAB0,
+})
+LOCAL_FS_NAMES = frozenset({
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "ramfs", "f2fs", "overlay", "zfs",
+    "bcachefs", "jfs", "reiserfs", "nilfs2", "vfat", "msdos", "exfat",
 })
 
 
@@ -60,6 +66,34 @@ def on_local_fs(fd: int) -> bool:
         return syscalls.fstatfs(fd)[0] in LOCAL_FS_TYPES
     except OSError:
         return False
+
+
+def mounts_below(path: str, mountinfo: str = "/proc/self/mountinfo") -> list[tuple[str, str]]:
+    """``(mount point, file system type)`` of every mount strictly below *path*."""
+    real = os.path.realpath(path).rstrip("/")
+    top = real + "/"
+    found = []
+    try:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields, _, rest = line.partition(" - ")
+                parts = fields.split()
+                if len(parts) < 5 or not rest:
+                    continue
+                point = parts[4].replace("\\040", " ").replace("\\011", "\t") \
+                    .replace("\\012", "\n").replace("\\134", "\\")
+                if point.startswith(top) and point.rstrip("/") != real:
+                    found.append((point, rest.split()[0]))
+    except OSError:
+        return [("?", "unknown")]  # cannot tell: assume the worst
+    return found
+
+
+def export_is_local(root_fd: int, path: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """May the back end run calls on the event loop (``--inline auto``)?  Only if
+    the export and every file system mounted inside it are local ones."""
+    return on_local_fs(root_fd) and all(
+        fstype in LOCAL_FS_NAMES for _, fstype in mounts_below(path, mountinfo))
 
 
 class WorkerPool:

@@ -47,6 +47,29 @@ def test_only_local_file_systems_may_run_inline(tmp_path: Path) -> None:
             os.close(fd)
 
 
+def test_mounts_inside_the_export_decide_too(tmp_path: Path) -> None:
+    """An NFS, FUSE or procfs mount anywhere below the export keeps every call in
+    the worker threads: one of its calls could stall the event loop indefinitely."""
+    export = tmp_path / "my export"
+    export.mkdir()
+    top = str(export).replace(" ", "\\040")
+    lines = [f"30 1 8:1 / {top} rw - ext4 /dev/sda1 rw",  # the export itself
+             f"31 30 0:40 / {top}/scratch rw - tmpfs tmpfs rw",
+             f"32 1 0:41 / {top}2/elsewhere rw - nfs srv:/x rw"]  # a sibling, not below
+    info = tmp_path / "mountinfo"
+    info.write_text("\n".join(lines) + "\n")
+    assert fdops.mounts_below(str(export), str(info)) == [(f"{export}/scratch", "tmpfs")]
+    fd = os.open(export, os.O_PATH)
+    try:
+        assert fdops.export_is_local(fd, str(export), str(info))
+        for fstype in ("nfs4", "fuse.sshfs", "proc", "cifs"):
+            info.write_text("\n".join(lines + [f"33 30 0:42 / {top}/net rw - {fstype} x rw"]) + "\n")
+            assert not fdops.export_is_local(fd, str(export), str(info)), fstype
+        assert not fdops.export_is_local(fd, str(export), str(tmp_path / "unreadable"))
+    finally:
+        os.close(fd)
+
+
 async def test_sessions_count_requests_in_flight(serve, export: Path) -> None:
     """QD1 runs on the loop; a burst goes to the workers; the count returns to
     where it was, cancelled and failed requests included."""
