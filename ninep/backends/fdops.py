@@ -45,55 +45,52 @@ def _settle(fut: asyncio.Future, ok: bool, value: Any) -> None:
 
 
 #: File systems whose calls finish without the network or a user-space server,
-#: by statfs f_type and by the name /proc/self/mountinfo gives them (ext2/3/4,
-#: xfs, btrfs, tmpfs, ramfs, f2fs, overlay, zfs, bcachefs, jfs, reiserfs, nilfs,
-#: vfat, exfat).  Only on these may a call run on the event loop: on NFS, CIFS or
-#: FUSE one can hang for as long as the server, and procfs has files whose
-#: reads block.
-LOCAL_FS_TYPES = frozenset({
-    0xEF53, 0x58465342, 0x9123683E, 0x01021994, 0x858458F6, 0xF2F52010, 0x794C7630,
-    0x2FC12FC1, 0xCA451A4E, 0x3153464A, 0x52654973, 0x3434, 0x4D44, 0x2011BAB0,
-})
+#: as /proc/self/mountinfo names them.  Only on these may a call run on the
+#: event loop: on NFS, CIFS or FUSE one can hang for as long as the server, and
+#: procfs has files whose reads block.
 LOCAL_FS_NAMES = frozenset({
     "ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "ramfs", "f2fs", "overlay", "zfs",
     "bcachefs", "jfs", "reiserfs", "nilfs2", "vfat", "msdos", "exfat",
 })
 
 
-def on_local_fs(fd: int) -> bool:
-    """Is *fd* on a file system in :data:`LOCAL_FS_TYPES`?"""
-    try:
-        return syscalls.fstatfs(fd)[0] in LOCAL_FS_TYPES
-    except OSError:
-        return False
+def _mounts(mountinfo: str) -> list[tuple[str, str]]:
+    """``(mount point, file system type)`` of every mount, in mountinfo's order."""
+    found = []
+    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields, _, rest = line.partition(" - ")
+            parts = fields.split()
+            if len(parts) < 5 or not rest:
+                continue
+            point = parts[4].replace("\\040", " ").replace("\\011", "\t") \
+                .replace("\\012", "\n").replace("\\134", "\\")
+            found.append((point, rest.split()[0]))
+    return found
 
 
 def mounts_below(path: str, mountinfo: str = "/proc/self/mountinfo") -> list[tuple[str, str]]:
     """``(mount point, file system type)`` of every mount strictly below *path*."""
     real = os.path.realpath(path).rstrip("/")
-    top = real + "/"
-    found = []
-    try:
-        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                fields, _, rest = line.partition(" - ")
-                parts = fields.split()
-                if len(parts) < 5 or not rest:
-                    continue
-                point = parts[4].replace("\\040", " ").replace("\\011", "\t") \
-                    .replace("\\012", "\n").replace("\\134", "\\")
-                if point.startswith(top) and point.rstrip("/") != real:
-                    found.append((point, rest.split()[0]))
-    except OSError:
-        return [("?", "unknown")]  # cannot tell: assume the worst
-    return found
+    return [(point, fstype) for point, fstype in _mounts(mountinfo)
+            if point.startswith(real + "/") and point.rstrip("/") != real]
 
 
-def export_is_local(root_fd: int, path: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
+def export_is_local(path: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
     """May the back end run calls on the event loop (``--inline auto``)?  Only if
-    the export and every file system mounted inside it are local ones."""
-    return on_local_fs(root_fd) and all(
-        fstype in LOCAL_FS_NAMES for _, fstype in mounts_below(path, mountinfo))
+    the file system holding the export and every one mounted inside it are local
+    ones; if mountinfo cannot be read, no."""
+    real = os.path.realpath(path).rstrip("/")
+    try:
+        mounts = _mounts(mountinfo)
+        below = mounts_below(path, mountinfo)
+    except OSError:
+        return False
+    # The export's own: the longest mount point above it (the last one, if stacked).
+    holders = [(len(p), i) for i, (p, _) in enumerate(mounts)
+               if real == p.rstrip("/") or real.startswith(p.rstrip("/") + "/")]
+    return bool(holders) and all(
+        fstype in LOCAL_FS_NAMES for fstype in [mounts[max(holders)[1]][1], *(t for _, t in below)])
 
 
 class WorkerPool:
@@ -109,7 +106,7 @@ class WorkerPool:
     the process (:data:`~ninep.backends.base.REQUEST_LOAD`) runs right here
     on the event loop: nothing else is waiting for the loop, and the hop's
     two thread wake-ups are most of such a request's cost.  A back end asks
-    for it only on a local file system (:func:`on_local_fs`), where a call
+    for it only on a local file system (:func:`export_is_local`), where a call
     blocks for a disk access at worst.
     """
 
@@ -315,6 +312,7 @@ def read_dir(fd: int, lock: threading.Lock, offset: int, max_entries: int, qids:
             for i, entry in enumerate(out):
                 if entry.name == b"..":
                     out[i] = entry._replace(qid=qids.qid(root_stat()))
+                    break
         return out
     out = []
     for ino, off, dtype, name in raw:

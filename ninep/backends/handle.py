@@ -100,7 +100,7 @@ class HandleBackend(fdops.OpenFdOps, Backend):
             raise
         self.handle_size = len(self.root_fh.data)
         self._pool = fdops.WorkerPool(threads, "ninep-handle", inline_when_alone=(
-            fdops.export_is_local(self.root_fd, export) if inline is None else inline))
+            fdops.export_is_local(export) if inline is None else inline))
         self._nodes: weakref.WeakSet[HandleNode] = weakref.WeakSet()
 
     # --- start-up ----------------------------------------------------------------------

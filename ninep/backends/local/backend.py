@@ -67,7 +67,7 @@ class LocalBackend(fdops.OpenFdOps, Backend):
         self.qids = QidMapper(root_st.st_dev, multidevs)
         # inline: see WorkerPool; None decides by the export's file system.
         self._pool = fdops.WorkerPool(threads, "ninep-local", inline_when_alone=(
-            fdops.export_is_local(self.root_fd, export) if inline is None else inline))
+            fdops.export_is_local(export) if inline is None else inline))
         self._nodes: weakref.WeakSet[LocalNode] = weakref.WeakSet()
         self._openat2 = _HAVE_OPENAT2 if use_openat2 is None else use_openat2
 
