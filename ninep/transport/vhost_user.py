@@ -3,7 +3,7 @@
 QEMU (the *front end*) connects to our Unix socket and drives the device with
 vhost-user messages: feature negotiation, the memory table (one fd per RAM
 region), the rings' size/addresses/base and their kick/call/err eventfds.
-The data plane is :class:`~ninep.transport.virtqueue.SplitVirtqueue`; each
+The data plane is :class:`~ninep.transport.vhost.virtqueue.SplitVirtqueue`; each
 chain it pops goes to the request handler (``Session.submit``).
 
 One front end at a time: :func:`serve_vhost_user` serves a connection to its
@@ -35,8 +35,8 @@ from typing import Any
 
 from ..backends.base import Backend
 from ..server.session import Session, SessionConfig
-from .memory import REGION, GuestMemory, GuestMemoryError, MemoryRegion
-from .virtqueue import RequestHandler, SplitVirtqueue, VirtqueueError
+from .vhost.memory import REGION, GuestMemory, GuestMemoryError, MemoryRegion
+from .vhost.virtqueue import RequestHandler, SplitVirtqueue, VirtqueueError
 
 log = logging.getLogger("ninep.vhost")
 
