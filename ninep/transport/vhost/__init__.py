@@ -16,6 +16,6 @@ The layers, each only looking down:
 * :mod:`.listener` — the listening socket and the one-front-end-at-a-time
   accept loop.
 
-A device is then a handler per queue and a few arguments: see
-:mod:`ninep.transport.vhost_user` (virtio-9p).
+A device is then a handler per queue and a few arguments: see :mod:`.rng`
+(virtio-rng) and :mod:`ninep.transport.vhost_user` (virtio-9p).
 """
