@@ -114,7 +114,7 @@ DEFAULT_MSIZE = 512000  # the largest msize trans=virtio accepts on 6.1
 QEMU = "qemu-system-x86_64"
 
 #: Modules the guest loads (with their dependencies) at boot.
-GUEST_MODULES = ("9p", "9pnet", "9pnet_fd", "9pnet_virtio", "virtio_console", "virtio_pci")
+GUEST_MODULES = ("9p", "9pnet", "9pnet_fd", "9pnet_virtio", "virtio_console", "virtio_pci", "virtio_rng")
 #: Non-busybox binaries in every image (found on the host's PATH).
 GUEST_BINARIES = ("setfattr", "getfattr", "date")
 
