@@ -123,7 +123,7 @@ QEMU = "qemu-system-x86_64"
 VHOST_QEMU_PREFIX = "/var/cache/ninep/qemu-10.2"
 
 #: Modules the guest loads (with their dependencies) at boot.
-GUEST_MODULES = ("9p", "9pnet", "9pnet_fd", "9pnet_virtio", "virtio_console", "virtio_pci")
+GUEST_MODULES = ("9p", "9pnet", "9pnet_fd", "9pnet_virtio", "virtio_console", "virtio_pci", "virtio_rng")
 #: Non-busybox binaries in every image (found on the host's PATH).
 GUEST_BINARIES = ("setfattr", "getfattr", "date")
 
