@@ -4,7 +4,7 @@
     python -m bench.vq_trace --summary OUT.json               # print the breakdown
 
 The server is ninep itself (or the floor back end with ``--floor``) with
-four methods of :class:`~ninep.transport.virtqueue.SplitVirtqueue` wrapped
+four methods of :class:`~ninep.transport.vhost.virtqueue.SplitVirtqueue` wrapped
 to stamp ``perf_counter_ns`` at each stage of every request, so the hot
 path of a normal ``ninep`` process carries no tracing code at all:
 
@@ -50,7 +50,7 @@ class Trace:
         self._unpublished: list[list[int]] = []
 
     def install(self) -> None:
-        from ninep.transport import virtqueue as vq
+        from ninep.transport.vhost import virtqueue as vq
 
         trace = self
         cls = vq.SplitVirtqueue
