@@ -197,6 +197,10 @@ class SplitVirtqueue:
         self._flush_handle: asyncio.Handle | None = None
         self._resume_handle: asyncio.Handle | None = None
         self._reader_loop: asyncio.AbstractEventLoop | None = None
+        #: The loop the ring runs on (cached: on 3.11 get_running_loop() is a getpid()).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: True while process_avail pops chains: completions then wait for its end.
+        self._dispatching = False
 
     # --- configuration (control plane) -----------------------------------------------
 
@@ -352,6 +356,15 @@ class SplitVirtqueue:
             self._resume_handle = None
         if not self.started or not self.enabled or self.broken:
             return
+        self._dispatching = True
+        try:
+            self._pop_chains()
+        finally:
+            self._dispatching = False
+        if self._published != self._used_idx:  # some chains were answered while popping
+            self._publish_soon()
+
+    def _pop_chains(self) -> None:
         avail = self._avail
         num = self.num
         assert avail is not None
@@ -377,7 +390,7 @@ class SplitVirtqueue:
                     self._throttled = True
                     return
                 if budget == 0:
-                    self._resume_handle = asyncio.get_running_loop().call_soon(self.process_avail)
+                    self._resume_handle = self._get_loop().call_soon(self.process_avail)
                     return
                 budget -= 1
                 slot = 4 + 2 * (self.last_avail_idx % num)
@@ -480,12 +493,26 @@ class SplitVirtqueue:
         self.stats.completed += 1
         USED_ELEM.pack_into(self._used, 4 + 8 * (self._used_idx % self.num), head, length)
         self._used_idx = (self._used_idx + 1) & 0xFFFF
-        if self._flush_handle is None:
-            # Publish used.idx and notify once per loop iteration, for all completions in it.
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush_used)
+        if not self._dispatching:  # else process_avail publishes when its pass ends
+            self._publish_soon()
         if self._throttled and self._inflight < self.num:
             self._throttled = False
-            asyncio.get_running_loop().call_soon(self.process_avail)
+            self._get_loop().call_soon(self.process_avail)
+
+    def _publish_soon(self) -> None:
+        """Publish used.idx (and notify) now if nothing else is in flight: the guest
+        then waits for these replies alone. Otherwise once at the end of this loop
+        iteration, for all the completions in it."""
+        if self._inflight == 0:
+            self._flush_used()
+        elif self._flush_handle is None:
+            self._flush_handle = self._get_loop().call_soon(self._flush_used)
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def _flush_used(self) -> None:
         if self._flush_handle is not None:
@@ -562,7 +589,7 @@ class SplitVirtqueue:
         assert used is not None
         self._used_idx = self._published = _U16.unpack_from(used, 2)[0]
         self.started = True
-        loop = asyncio.get_running_loop()
+        loop = self._get_loop()
         loop.add_reader(self.kick_fd, self._on_kick)
         self._reader_loop = loop
         if self.enabled:
