@@ -345,7 +345,10 @@ class Session:
         return p.Rversion(self.msize, version)
 
     async def _Tauth(self, msg: p.Tauth) -> Any:
-        raise OSError(errno.EOPNOTSUPP, "no authentication required")
+        # diod's answer: ENOENT means "no authentication needed, attach with
+        # afid NOFID" to libnpclient (diodls, diodcat), which gives up on any
+        # other error; the Linux client never sends Tauth.
+        raise OSError(errno.ENOENT, "no authentication required")
 
     async def _Tattach(self, msg: p.Tattach) -> p.Rattach:
         if msg.afid != p.NOFID:
