@@ -66,7 +66,9 @@ class Caps:
 
 
 PASSTHROUGH = Caps()
-NONE = Caps(creates_as_caller=False)
+#: none chowns new entries as passthrough does and ignores a failure: a root
+#: server gives them the caller, an unprivileged one keeps its own owner.
+NONE = Caps(creates_as_caller=os.geteuid() == 0)
 MAPPED = Caps(host_owners=False, host_modes=False, host_file_types=False)
 MAPPED_XATTR = MAPPED
 MAPPED_FILE = replace(MAPPED, metadata_by_name=True)

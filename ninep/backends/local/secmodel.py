@@ -240,13 +240,18 @@ class PassthroughModel(SecurityModel):
 
 
 class NoneModel(PassthroughModel):
-    """Like passthrough, but new files keep the server's owner and a failed
-    chown is ignored (for servers that run unprivileged)."""
+    """Passthrough for a server that may run unprivileged: a new entry is
+    chowned to the caller as in passthrough, but when that fails it quietly
+    keeps the server's owner (QEMU's ``local_set_cred_passthrough``), and a
+    refused chown is ignored.  Run as root, it behaves like passthrough."""
 
     name = "none"
 
     def _own(self, dirfd: int, name: str, fd: int | None, cred: Credentials) -> None:
-        pass
+        try:
+            _chown_entry(dirfd, name, fd, cred.uid, cred.gid)
+        except OSError:
+            pass  # EPERM unprivileged, EINVAL for an id the user namespace lacks
 
     def chown(self, dirfd: int, name: str, fd: int | None, uid: int, gid: int) -> None:
         try:
