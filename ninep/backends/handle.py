@@ -337,7 +337,8 @@ class HandleBackend(fdops.OpenFdOps, Backend):
             chown=lambda uid, gid: fdops.chown_pinned(fd, uid, gid),
             chmod=lambda mode: fdops.chmod_pinned(fd, mode),
             truncate=lambda size: fdops.truncate(fd, size),
-            utimes=lambda atime, mtime: fdops.utimes_pinned(fd, atime, mtime)))
+            utimes=lambda atime, mtime: fdops.utimes_pinned(fd, atime, mtime),
+            current_mode=lambda: self.model.fstat(fd).mode))
 
     async def statfs(self, node: HandleNode) -> StatFs:
         return await self._pool.run(self._with, node, fdops.statfs)

@@ -82,7 +82,7 @@ from .. import syscalls
 from ..protocol import proxy as P
 from ..protocol.ninep import Qid
 from . import fdops
-from .base import Backend, Credentials, DirEntry, SetAttr, Stat, StatFs
+from .base import Backend, Credentials, DirEntry, SetAttr, Stat, StatFs, setid_bits_to_clear
 from .qid import QidMapper
 
 log = logging.getLogger("ninep.proxy")
@@ -818,15 +818,20 @@ class ProxyBackend(fdops.OpenFdOps, Backend):
         return self.qids.qid(st), st
 
     async def setattr(self, node: ProxyNode, change: SetAttr) -> None:
+        if change.only_drops_setid() and node.fd is not None \
+                and not setid_bits_to_clear(os.fstat(node.fd).st_mode):
+            return  # a write's usual case: nothing to clear, so no helper round trip
         fd = await self._orphan_fd(node)
         if fd is not None:
             await self._pool.run(self._setattr_fd, fd, change)
             return
         path = _path(node.parts)
-        if change.mode is not None or change.size is not None:
+        current = 0  # the mode now, for drop_setid
+        if change.mode is not None or change.size is not None or change.drop_setid:
+            current = (await self._lstat(node.parts)).mode
+            kind = st_.S_IFMT(current)
             # T_CHMOD and T_TRUNCATE follow a final symlink: refuse those first.
-            kind = st_.S_IFMT((await self._lstat(node.parts)).mode)
-            if kind == st_.S_IFLNK:
+            if kind == st_.S_IFLNK and (change.mode is not None or change.size is not None):
                 raise _error(errno.EOPNOTSUPP if change.mode is not None else errno.EINVAL)
             if change.size is not None and kind == st_.S_IFDIR:
                 raise _error(errno.EISDIR)
@@ -837,7 +842,8 @@ class ProxyBackend(fdops.OpenFdOps, Backend):
                 path, _U32_KEEP if uid == -1 else uid, _U32_KEEP if gid == -1 else gid)),
             chmod=lambda mode: requests.append(P.Chmod(path, mode)),
             truncate=lambda size: requests.append(P.Truncate(path, size)),
-            utimes=lambda atime, mtime: requests.append(P.Utime(path, *atime, *mtime)))
+            utimes=lambda atime, mtime: requests.append(P.Utime(path, *atime, *mtime)),
+            current_mode=lambda: current)
         for request in requests:  # one by one: a failure stops the rest, as in notify_change
             await self._ok(request)
 
@@ -848,7 +854,8 @@ class ProxyBackend(fdops.OpenFdOps, Backend):
             chown=lambda uid, gid: fdops.chown_pinned(fd, uid, gid),
             chmod=lambda mode: fdops.chmod_pinned(fd, mode),
             truncate=lambda size: fdops.truncate(fd, size),
-            utimes=lambda atime, mtime: fdops.utimes_pinned(fd, atime, mtime))
+            utimes=lambda atime, mtime: fdops.utimes_pinned(fd, atime, mtime),
+            current_mode=lambda: os.fstat(fd).st_mode)
 
     async def statfs(self, node: ProxyNode) -> StatFs:
         reply, _ = await self._one(P.Statfs(b"/"))

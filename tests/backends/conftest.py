@@ -34,6 +34,7 @@ import pytest
 from ninep.backends.base import Backend, Credentials, DirEntry, Node, Stat
 from ninep.backends.handle import HandleBackend
 from ninep.backends.local import LocalBackend, make_model
+from ninep.client import Client
 from ninep.protocol.ninep import Qid
 
 from .proxy_support import start_proxy_backend, start_proxy_qemu_helper_backend
@@ -279,6 +280,18 @@ async def fs(backend: Backend, export: Path) -> AsyncIterator[Fs]:
     helper.track(root)
     yield helper
     await helper.clunk_all()
+
+
+Connect = Callable[[], Awaitable[Client]]
+
+
+@pytest.fixture
+async def connect(backend_spec: BackendSpec, export: Path,
+                  serve: Callable[..., Awaitable[Any]]) -> Connect:
+    """Clients of a server (client -> Session -> back end) on this test's back
+    end (``serve``, from tests/conftest.py, closes the back end)."""
+    served = await serve(backend=await build_backend(backend_spec, export))
+    return served.connect
 
 
 @pytest.fixture

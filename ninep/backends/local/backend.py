@@ -209,7 +209,8 @@ class LocalBackend(fdops.OpenFdOps, Backend):
                                         fd_suffices=True),
             truncate=lambda size: self._on_inode(node, lambda pfd: fdops.truncate(pfd, size)),
             utimes=lambda atime, mtime: self._on_inode(
-                node, lambda pfd: fdops.utimes_pinned(pfd, atime, mtime)))
+                node, lambda pfd: fdops.utimes_pinned(pfd, atime, mtime)),
+            current_mode=lambda: self._stat(node).mode)
 
     async def statfs(self, node: LocalNode) -> StatFs:
         return await self._run(fdops.statfs, self.root_fd)
