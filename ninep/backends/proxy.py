@@ -51,9 +51,12 @@ Deliberate differences from the local passthrough back end:
 * The helper resolves intermediate path components itself (inside its
   chroot): a directory that the host replaces by a symlink after a walk is
   followed, but never out of the export.
-* The protocol names files by whole paths, so a file whose path inside the
-  export is PATH_MAX (4096 bytes) or longer is out of reach: ENAMETOOLONG,
-  as with QEMU's proxy driver.
+* The protocol names files by whole paths.  Paths of PATH_MAX (4096 bytes)
+  and more, which the guest's kernel accepts, are sent as they are (up to
+  32 KiB, so that two fit in one request); ninep-proxy-helper resolves them
+  piece by piece.  QEMU's virtfs-proxy-helper hands each path to one
+  syscall, so through it they still give ENAMETOOLONG, as with QEMU's own
+  proxy driver.
 """
 
 from __future__ import annotations
@@ -95,7 +98,9 @@ _RECV_SIZE = P.PROXY_HDR_SZ + P.PROXY_MAX_IO_SZ
 _ANCILLARY_SIZE = socket.CMSG_SPACE(4 * array.array("i").itemsize)
 #: A readlink buffer: PATH_MAX, so the helper returns up to 4095 bytes.
 _READLINK_SIZE = 4096
-_PATH_MAX = 4096
+#: The longest chroot path sent: two must fit in one request (T_RENAME, T_LINK).
+#: Longer than PATH_MAX is fine: the helper resolves such a path piece by piece.
+_PATH_LIMIT = (P.PROXY_MAX_IO_SZ - 2 * 2) // 2
 _U32_KEEP = 0xFFFFFFFF  # (uid_t)-1: "leave unchanged" in T_CHOWN
 _SET_ID_BITS = st_.S_ISUID | st_.S_ISGID
 _OPEN_ADDED = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
@@ -654,7 +659,7 @@ class ProxyNode:
 def _path(parts: tuple[str, ...]) -> bytes:
     """The chroot path of *parts* (``/`` for the root)."""
     path = b"/" + b"/".join(os.fsencode(p) for p in parts)
-    if len(path) >= _PATH_MAX:
+    if len(path) > _PATH_LIMIT:
         raise _error(errno.ENAMETOOLONG)
     return path
 

@@ -64,6 +64,9 @@ class Caps:
     #: Guest owner/mode are kept by file name (mapped-file), so once an open
     #: file's name is gone they cannot change any more (ENOENT, as in QEMU).
     metadata_by_name: bool = False
+    #: Paths inside the export of PATH_MAX bytes and more work (the guest's
+    #: kernel accepts them); False: ENAMETOOLONG (QEMU's proxy helper).
+    paths_past_path_max: bool = True
 
 
 PASSTHROUGH = Caps()
@@ -104,7 +107,8 @@ BACKENDS: dict[str, BackendSpec] = {
     "local-mapped-xattr": BackendSpec(local_backend("mapped-xattr"), MAPPED_XATTR),
     "local-mapped-file": BackendSpec(local_backend("mapped-file"), MAPPED_FILE),
     "proxy": BackendSpec(start_proxy_backend, PROXY),
-    "proxy-qemu-helper": BackendSpec(start_proxy_qemu_helper_backend, PROXY),
+    "proxy-qemu-helper": BackendSpec(start_proxy_qemu_helper_backend,
+                                     replace(PROXY, paths_past_path_max=False)),
 }
 
 #: A caller that is neither the server (root) nor anyone else in the tests.
