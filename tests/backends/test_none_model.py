@@ -35,7 +35,7 @@ def drop_cap_chown() -> None:
 
 async def _create_everything(client: Client, root: int) -> None:
     """Tlcreate, Tmkdir, Tsymlink and Tmknod as CALLER, with set-id and odd modes."""
-    uid, gid = CALLER
+    gid = CALLER[1]
     fid = await client.walk(root, [])
     await rpc(client, p.Tlcreate(fid, "file", p.DOTL_RDWR, 0o4751, gid))
     await rpc(client, p.Tmkdir(root, "dir", 0o2715, gid))

@@ -66,7 +66,9 @@ def test_pieces_name_the_same_path_and_fit_the_kernel(path: bytes) -> None:
 def test_every_request_works_past_path_max(client, tree) -> None:
     export = tree[0]
     deep = _deep(export)
-    at = lambda name: deep + b"/" + name  # noqa: E731
+
+    def at(name: bytes) -> bytes:
+        return deep + b"/" + name
     reply, fd = client.call(P.Create(at(b"f"), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o640,
                                      1234, 5678))
     assert reply.has_fd
