@@ -26,11 +26,22 @@ PR_CAPBSET_DROP = 24
 CALLER = (4321, 5432)
 
 
+def _drop_caps(*caps: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in caps:
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "PR_CAPBSET_DROP")
+
+
 def drop_cap_chown() -> None:
     """In the server child before exec: root, but chown to another user fails."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_CAPBSET_DROP, syscalls.CAP_CHOWN, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "PR_CAPBSET_DROP")
+    _drop_caps(syscalls.CAP_CHOWN)
+
+
+def drop_owner_caps() -> None:
+    """In the server child before exec: as an unprivileged server, it may not
+    chown, nor chmod another user's file, nor keep set-id bits as it writes."""
+    _drop_caps(syscalls.CAP_CHOWN, syscalls.CAP_FOWNER, syscalls.CAP_FSETID)
 
 
 async def _create_everything(client: Client, root: int) -> None:
@@ -89,3 +100,17 @@ async def test_none_without_cap_chown_keeps_the_servers_owner(export: Path) -> N
     got = _owners_and_modes(export)
     assert {name: owner[:2] for name, owner in got.items()} == dict.fromkeys(got, (0, 0))
     assert got["file"][2] == 0o4751 and got["dir"][2] == 0o2715 and got["fifo"][2] == 0o640
+
+
+async def test_none_unprivileged_writes_another_users_setid_file(export: Path) -> None:
+    """The server may not chmod the file to clear its set-id bits: the write
+    still succeeds, and the host kernel clears them (the server lacks CAP_FSETID)."""
+    target = export / "theirs"
+    target.write_bytes(b"data")
+    os.chown(target, 1000, 1000)
+    os.chmod(target, 0o6777)
+    async for client, root in _served(export, drop_owner_caps):
+        fid = await client.walk_open(root, ["theirs"], p.DOTL_RDWR)
+        assert await client.write(fid, 0, b"X") == 1
+    assert target.read_bytes() == b"Xata"
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o777
