@@ -12,10 +12,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from pathlib import Path
 
 import pytest
 
+from deep_tree import deep_lstat, make_deep
 from ninep.backends.base import Node, SetAttr
 
 from .conftest import CRED, Caps, Fs
@@ -25,39 +25,15 @@ DEPTH = 32  # 32 * 131 bytes: the suite's ~4,000 bytes, plus a little export pre
 PATH_MAX = 4096
 
 
-def _make_deep(export: Path) -> None:
-    fd = os.open(export, os.O_PATH)
-    try:
-        for _ in range(DEPTH):
-            os.mkdir(SEGMENT, 0o755, dir_fd=fd)
-            nfd = os.open(SEGMENT, os.O_PATH, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-    finally:
-        os.close(fd)
-
-
-def _host_stat(export: Path, name: str) -> os.stat_result:
-    fd = os.open(export, os.O_PATH)
-    try:
-        for _ in range(DEPTH):
-            nfd = os.open(SEGMENT, os.O_PATH, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-        return os.stat(name, dir_fd=fd, follow_symlinks=False)
-    finally:
-        os.close(fd)
-
-
 async def _deep_dir(fs: Fs) -> Node:
-    _make_deep(fs.export)
+    make_deep(fs.export, SEGMENT, DEPTH)
     assert DEPTH * (len(SEGMENT) + 1) > PATH_MAX
     return await fs.walk("/".join([SEGMENT] * DEPTH))
 
 
 async def test_every_operation_past_path_max(fs: Fs, caps: Caps) -> None:
     if not caps.paths_past_path_max:
-        _make_deep(fs.export)
+        make_deep(fs.export, SEGMENT, DEPTH)
         above = await fs.walk("/".join([SEGMENT] * (DEPTH - 1)))  # 4061 bytes: still fits
         with pytest.raises(OSError) as exc:
             await fs.walk(SEGMENT, base=above)
@@ -90,7 +66,7 @@ async def test_every_operation_past_path_max(fs: Fs, caps: Caps) -> None:
     await be.link(deep, node, "hard")
     await be.renameat(deep, "hard", fs.root, "top")  # out of the depths, and back
     await be.renameat(fs.root, "top", deep, "back")
-    assert _host_stat(fs.export, "back").st_nlink == 2
+    assert deep_lstat(fs.export, SEGMENT, DEPTH, "back").st_nlink == 2
     await be.mkdir(deep, "dir", 0o751, CRED)
     await be.mknod(deep, "fifo", stat.S_IFIFO | 0o640, 0, CRED)
     await be.symlink(deep, "sym", "file", CRED)

@@ -16,6 +16,7 @@ import pytest
 
 from ninep.helper.server import _PATH_MAX, _pieces
 from ninep.protocol import proxy as P
+from deep_tree import deep_lstat, make_deep
 from proxy_helper_support import snapshot
 
 SEGMENT = b"s" * 200
@@ -24,31 +25,14 @@ DEPTH = 32  # 32 * 201 bytes: 6.4 KB, two pieces
 
 def _deep(export: Path) -> bytes:
     """Make /SEGMENT/... DEPTH levels deep on the host; its chroot path."""
-    fd = os.open(export, os.O_PATH)
-    try:
-        for _ in range(DEPTH):
-            os.mkdir(SEGMENT, dir_fd=fd)
-            nfd = os.open(SEGMENT, os.O_PATH, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-    finally:
-        os.close(fd)
+    make_deep(export, SEGMENT, DEPTH)
     path = b"/" + b"/".join([SEGMENT] * DEPTH)
     assert len(path) > _PATH_MAX
     return path
 
 
 def _host(export: Path, name: bytes) -> os.stat_result:
-    """lstat of *name* in the deep directory, reached one component at a time."""
-    fd = os.open(export, os.O_PATH)
-    try:
-        for _ in range(DEPTH):
-            nfd = os.open(SEGMENT, os.O_PATH, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-        return os.stat(name, dir_fd=fd, follow_symlinks=False)
-    finally:
-        os.close(fd)
+    return deep_lstat(export, SEGMENT, DEPTH, name)
 
 
 @pytest.mark.parametrize("path", [
