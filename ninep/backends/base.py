@@ -207,8 +207,11 @@ class Backend(ABC):
         """Read into *views* (one preadv); returns the byte count."""
 
     @abstractmethod
-    async def write_from(self, node: Node, offset: int, views: Views) -> int:
-        """Write *views* (one pwritev); returns the byte count."""
+    async def write_from(self, node: Node, offset: int, views: Views, *,
+                         drop_setid: bool = False) -> int:
+        """Write *views* (one pwritev); returns the byte count.  With
+        *drop_setid*, first clear set-id bits as ``SetAttr(drop_setid=True)``
+        does (the writer lacks CAP_FSETID), in the same worker call."""
 
     @abstractmethod
     async def readdir(self, node: Node, offset: int, max_entries: int) -> list[DirEntry]:

@@ -429,8 +429,26 @@ class OpenFdOps:
     async def read_into(self, node: Any, offset: int, views: list[memoryview]) -> int:
         return await self._pool.run(os.preadv, self._fd(node), views, offset)
 
-    async def write_from(self, node: Any, offset: int, views: list[memoryview]) -> int:
+    async def write_from(self, node: Any, offset: int, views: list[memoryview], *,
+                         drop_setid: bool = False) -> int:
+        if drop_setid:  # one worker call for both: a user's every write asks for it
+            return await self._pool.run(self._write_dropping_setid, node, offset, views)
         return await self._pool.run(os.pwritev, self._fd(node), views, offset)
+
+    def _write_dropping_setid(self, node: Any, offset: int, views: list[memoryview]) -> int:
+        fd = self._fd(node)
+        if self._may_have_setid(fd):
+            self._setattr_now(node, SetAttr(drop_setid=True))
+        return os.pwritev(fd, views, offset)
+
+    def _may_have_setid(self, fd: int) -> bool:
+        """A cheap look at the open file *fd* before the full drop_setid:
+        False only when it surely has no set-id bits to clear."""
+        return True
+
+    def _setattr_now(self, node: Any, change: SetAttr) -> None:
+        """Backend.setattr, in the calling (worker) thread."""
+        raise NotImplementedError
 
     async def fsync(self, node: Any, datasync: bool) -> None:
         await self._pool.run(os.fdatasync if datasync else os.fsync, self._fd(node))

@@ -852,6 +852,12 @@ class ProxyBackend(fdops.OpenFdOps, Backend):
         for request in requests:  # one by one: a failure stops the rest, as in notify_change
             await self._ok(request)
 
+    async def write_from(self, node: ProxyNode, offset: int, views: list[memoryview], *,
+                         drop_setid: bool = False) -> int:
+        if drop_setid:  # a helper request, and only when the fd's mode has set-id bits
+            await self.setattr(node, SetAttr(drop_setid=True))
+        return await super().write_from(node, offset, views)
+
     @staticmethod
     def _setattr_fd(fd: int, change: SetAttr) -> None:
         fdops.apply_setattr(

@@ -612,9 +612,8 @@ class Session:
         if fid.open_flags & 3 == os.O_RDONLY:
             raise OSError(errno.EBADF, "fid is open read-only")
         async with fid.in_use():
-            if count and _clears_setid(fid):
-                await self.backend.setattr(fid.node, SetAttr(drop_setid=True))
-            n = await self.backend.write_from(fid.node, offset, slice_segments(request, start, count))
+            n = await self.backend.write_from(fid.node, offset, slice_segments(request, start, count),
+                                              drop_setid=count > 0 and _clears_setid(fid))
         return p.Rwrite(n)
 
     async def _treaddir(self, msg: p.Treaddir, tag: int, sink: ReplySink) -> None:

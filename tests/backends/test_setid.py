@@ -82,6 +82,14 @@ async def test_drop_setid_clears_the_bits_linux_clears(fs: Fs, caps: Caps, befor
     assert fs.host("f").read_bytes() == b"content"
 
 
+@pytest.mark.parametrize("drop", [True, False])
+async def test_write_from_drops_setid_only_when_asked(fs: Fs, drop: bool) -> None:
+    node = await _file_with_mode(fs, 0o6777, opened=True)
+    assert await fs.backend.write_from(node, 0, [memoryview(b"X")], drop_setid=drop) == 1
+    assert stat.S_IMODE(await _mode_of(fs, node)) == (0o777 if drop else 0o6777)
+    assert fs.host("f").read_bytes() == b"Xontent"
+
+
 async def test_drop_setid_with_truncate_clears_and_truncates(fs: Fs) -> None:
     node = await _file_with_mode(fs, 0o6777, opened=False)
     await fs.backend.setattr(node, SetAttr(size=2, drop_setid=True))

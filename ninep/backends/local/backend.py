@@ -197,9 +197,12 @@ class LocalBackend(fdops.OpenFdOps, Backend):
         return self.qids.qid(st), st
 
     async def setattr(self, node: LocalNode, change: SetAttr) -> None:
-        await self._run(self._setattr, node, change)
+        await self._run(self._setattr_now, node, change)
 
-    def _setattr(self, node: LocalNode, change: SetAttr) -> None:
+    def _may_have_setid(self, fd: int) -> bool:
+        return self.model.may_have_setid(fd)
+
+    def _setattr_now(self, node: LocalNode, change: SetAttr) -> None:
         fd = node.fd
         fdops.apply_setattr(
             change,

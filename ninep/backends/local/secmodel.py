@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 from ... import syscalls
-from ..base import Credentials, DirEntry, Stat
+from ..base import Credentials, DirEntry, Stat, setid_bits_to_clear
 from ..fdops import fd_path, open_nofollow
 
 MODEL_CHOICES = ("passthrough", "mapped-xattr", "mapped", "mapped-file", "none")
@@ -90,6 +90,12 @@ class SecurityModel(ABC):
 
     @abstractmethod
     def readlink(self, dirfd: int, name: str) -> str: ...
+
+    def may_have_setid(self, fd: int) -> bool:
+        """Before each write by a user without CAP_FSETID: False only when the
+        open file *fd* surely has no set-id bits to clear, found cheaply
+        (True sends the write through the full ``SetAttr(drop_setid)``)."""
+        return True
 
     # -- creating -----------------------------------------------------------------
     @abstractmethod
@@ -190,6 +196,9 @@ class PassthroughModel(SecurityModel):
 
     def readlink(self, dirfd: int, name: str) -> str:
         return os.readlink(name, dir_fd=dirfd)
+
+    def may_have_setid(self, fd: int) -> bool:
+        return bool(setid_bits_to_clear(os.fstat(fd).st_mode))
 
     def _own(self, dirfd: int, name: str, fd: int | None, cred: Credentials) -> None:
         """Give a new entry to the caller; undo the creation if that fails."""
