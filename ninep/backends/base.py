@@ -11,8 +11,8 @@ that the dispatcher has already checked (not empty, no ``/`` or NUL, not
 ``.``/``..`` except in :meth:`walk`).
 
 Concurrency: the dispatcher may call methods concurrently for *different*
-nodes, and for the *same* node only for reads, writes, getattr, readdir,
-fsync, locks and a setattr that only drops set-id bits (as a POSIX fd
+nodes, and for the *same* node only for reads, writes (with the set-id
+drop a write may ask for), getattr, readdir, fsync and locks (as a POSIX fd
 allows).  It never calls anything on a node after :meth:`clunk`.
 """
 
