@@ -11,9 +11,9 @@ that the dispatcher has already checked (not empty, no ``/`` or NUL, not
 ``.``/``..`` except in :meth:`walk`).
 
 Concurrency: the dispatcher may call methods concurrently for *different*
-nodes, and for the *same* node only for reads, writes, getattr, readdir,
-fsync and locks (as a POSIX fd allows).  It never calls anything on a node
-after :meth:`clunk`.
+nodes, and for the *same* node only for reads, writes (with the set-id
+drop a write may ask for), getattr, readdir, fsync and locks (as a POSIX fd
+allows).  It never calls anything on a node after :meth:`clunk`.
 """
 
 from __future__ import annotations
@@ -90,10 +90,28 @@ def qid_version(st: Stat) -> int:
     return (st.mtime_ns ^ (st.size << 8)) & 0xFFFFFFFF
 
 
+def setid_bits_to_clear(mode: int) -> int:
+    """The set-id bits Linux clears when a user without CAP_FSETID writes to
+    or truncates the file of *mode* (``file_remove_privs``): S_ISUID always,
+    S_ISGID only with group execute (without it the bit marks mandatory
+    locking), and only on regular files."""
+    if not _stat.S_ISREG(mode):
+        return 0
+    bits = mode & _stat.S_ISUID
+    if mode & _stat.S_ISGID and mode & _stat.S_IXGRP:
+        bits |= _stat.S_ISGID
+    return bits
+
+
 @dataclass(slots=True)
 class SetAttr:
     """What to change; ``None`` leaves a field alone.  Times are nanoseconds,
-    or ``UTIME_NOW``/``UTIME_OMIT`` in the matching ``*_nsec`` sense."""
+    or ``UTIME_NOW``/``UTIME_OMIT`` in the matching ``*_nsec`` sense.
+
+    ``drop_setid`` is Linux's ATTR_KILL_SUID|ATTR_KILL_SGID: clear the bits
+    :func:`setid_bits_to_clear` names, in the guest-visible mode, because a
+    user without CAP_FSETID writes or truncates.  An explicit ``mode`` wins.
+    """
 
     mode: int | None = None
     uid: int | None = None
@@ -102,6 +120,14 @@ class SetAttr:
     atime: tuple[int, int] | None = None  # (sec, nsec) with nsec possibly UTIME_NOW
     mtime: tuple[int, int] | None = None
     ctime: bool = False
+    drop_setid: bool = False
+
+    def only_drops_setid(self) -> bool:
+        """A write's request: nothing to change unless set-id bits are set."""
+        return self == _DROP_SETID_ONLY
+
+
+_DROP_SETID_ONLY = SetAttr(drop_setid=True)
 
 
 class StatFs(NamedTuple):
@@ -181,8 +207,11 @@ class Backend(ABC):
         """Read into *views* (one preadv); returns the byte count."""
 
     @abstractmethod
-    async def write_from(self, node: Node, offset: int, views: Views) -> int:
-        """Write *views* (one pwritev); returns the byte count."""
+    async def write_from(self, node: Node, offset: int, views: Views, *,
+                         drop_setid: bool = False) -> int:
+        """Write *views* (one pwritev); returns the byte count.  With
+        *drop_setid*, first clear set-id bits as ``SetAttr(drop_setid=True)``
+        does (the writer lacks CAP_FSETID), in the same worker call."""
 
     @abstractmethod
     async def readdir(self, node: Node, offset: int, max_entries: int) -> list[DirEntry]:

@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 from .. import syscalls
 from ..protocol.ninep import (LOCK_BLOCKED, LOCK_SUCCESS, LOCK_TYPE_RDLCK, LOCK_TYPE_UNLCK,
                               LOCK_TYPE_WRLCK, QTDIR, QTFILE, QTSYMLINK, Qid)
-from .base import REQUEST_LOAD, UTIME_OMIT, DirEntry, LockResult, SetAttr, Stat, StatFs
+from .base import (REQUEST_LOAD, UTIME_OMIT, DirEntry, LockResult, SetAttr, Stat, StatFs,
+                   setid_bits_to_clear)
 from .qid import QidMapper
 
 T = TypeVar("T")
@@ -213,14 +214,29 @@ def reopen(pfd: int, flags: int) -> int:
 
 def apply_setattr(change: SetAttr, *, chown: Callable[[int, int], None],
                   chmod: Callable[[int], None], truncate: Callable[[int], None],
-                  utimes: Callable[[tuple[int, int], tuple[int, int]], None]) -> None:
+                  utimes: Callable[[tuple[int, int], tuple[int, int]], None],
+                  current_mode: Callable[[], int]) -> None:
     """Apply a Tsetattr in the order Linux's notify_change would: owner
     (which clears set-id bits) before mode, then size, then times; a bare
-    "ctime" request becomes a no-op chown, which touches exactly ctime."""
+    "ctime" request becomes a no-op chown, which touches exactly ctime.
+
+    ``drop_setid`` (without a mode) clears the set-id bits of
+    ``current_mode()``, the guest-visible mode, through *chmod*, so every
+    back end and security model keeps the result where it keeps modes.
+    """
     if change.uid is not None or change.gid is not None:
         chown(-1 if change.uid is None else change.uid, -1 if change.gid is None else change.gid)
     if change.mode is not None:
         chmod(change.mode)
+    elif change.drop_setid:
+        mode = current_mode()
+        if bits := setid_bits_to_clear(mode):
+            try:
+                chmod(mode & 0o7777 & ~bits)
+            except PermissionError:
+                # A server that may not chmod the file (none, unprivileged)
+                # lacks CAP_FSETID too: the host kernel clears the bits itself.
+                pass
     if change.size is not None:
         truncate(change.size)
     if change.atime is not None or change.mtime is not None:
@@ -413,8 +429,26 @@ class OpenFdOps:
     async def read_into(self, node: Any, offset: int, views: list[memoryview]) -> int:
         return await self._pool.run(os.preadv, self._fd(node), views, offset)
 
-    async def write_from(self, node: Any, offset: int, views: list[memoryview]) -> int:
+    async def write_from(self, node: Any, offset: int, views: list[memoryview], *,
+                         drop_setid: bool = False) -> int:
+        if drop_setid:  # one worker call for both: a user's every write asks for it
+            return await self._pool.run(self._write_dropping_setid, node, offset, views)
         return await self._pool.run(os.pwritev, self._fd(node), views, offset)
+
+    def _write_dropping_setid(self, node: Any, offset: int, views: list[memoryview]) -> int:
+        fd = self._fd(node)
+        if self._may_have_setid(fd):
+            self._setattr_now(node, SetAttr(drop_setid=True))
+        return os.pwritev(fd, views, offset)
+
+    def _may_have_setid(self, fd: int) -> bool:
+        """A cheap look at the open file *fd* before the full drop_setid:
+        False only when it surely has no set-id bits to clear."""
+        return True
+
+    def _setattr_now(self, node: Any, change: SetAttr) -> None:
+        """Backend.setattr, in the calling (worker) thread."""
+        raise NotImplementedError
 
     async def fsync(self, node: Any, datasync: bool) -> None:
         await self._pool.run(os.fdatasync if datasync else os.fsync, self._fd(node))

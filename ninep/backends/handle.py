@@ -332,12 +332,19 @@ class HandleBackend(fdops.OpenFdOps, Backend):
         return self.qids.qid(st), st
 
     async def setattr(self, node: HandleNode, change: SetAttr) -> None:
-        await self._pool.run(self._with, node, lambda fd: fdops.apply_setattr(
+        await self._pool.run(self._setattr_now, node, change)
+
+    def _may_have_setid(self, fd: int) -> bool:
+        return self.model.may_have_setid(fd)
+
+    def _setattr_now(self, node: HandleNode, change: SetAttr) -> None:
+        self._with(node, lambda fd: fdops.apply_setattr(
             change,
             chown=lambda uid, gid: fdops.chown_pinned(fd, uid, gid),
             chmod=lambda mode: fdops.chmod_pinned(fd, mode),
             truncate=lambda size: fdops.truncate(fd, size),
-            utimes=lambda atime, mtime: fdops.utimes_pinned(fd, atime, mtime)))
+            utimes=lambda atime, mtime: fdops.utimes_pinned(fd, atime, mtime),
+            current_mode=lambda: self.model.fstat(fd).mode))
 
     async def statfs(self, node: HandleNode) -> StatFs:
         return await self._pool.run(self._with, node, fdops.statfs)

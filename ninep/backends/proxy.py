@@ -51,9 +51,12 @@ Deliberate differences from the local passthrough back end:
 * The helper resolves intermediate path components itself (inside its
   chroot): a directory that the host replaces by a symlink after a walk is
   followed, but never out of the export.
-* The protocol names files by whole paths, so a file whose path inside the
-  export is PATH_MAX (4096 bytes) or longer is out of reach: ENAMETOOLONG,
-  as with QEMU's proxy driver.
+* The protocol names files by whole paths.  Paths of PATH_MAX (4096 bytes)
+  and more, which the guest's kernel accepts, are sent as they are (up to
+  32 KiB, so that two fit in one request); ninep-proxy-helper resolves them
+  piece by piece.  QEMU's virtfs-proxy-helper hands each path to one
+  syscall, so through it they still give ENAMETOOLONG, as with QEMU's own
+  proxy driver.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ from .. import syscalls
 from ..protocol import proxy as P
 from ..protocol.ninep import Qid
 from . import fdops
-from .base import Backend, Credentials, DirEntry, SetAttr, Stat, StatFs
+from .base import Backend, Credentials, DirEntry, SetAttr, Stat, StatFs, setid_bits_to_clear
 from .qid import QidMapper
 
 log = logging.getLogger("ninep.proxy")
@@ -95,7 +98,9 @@ _RECV_SIZE = P.PROXY_HDR_SZ + P.PROXY_MAX_IO_SZ
 _ANCILLARY_SIZE = socket.CMSG_SPACE(4 * array.array("i").itemsize)
 #: A readlink buffer: PATH_MAX, so the helper returns up to 4095 bytes.
 _READLINK_SIZE = 4096
-_PATH_MAX = 4096
+#: The longest chroot path sent: two must fit in one request (T_RENAME, T_LINK).
+#: Longer than PATH_MAX is fine: the helper resolves such a path piece by piece.
+_PATH_LIMIT = (P.PROXY_MAX_IO_SZ - 2 * 2) // 2
 _U32_KEEP = 0xFFFFFFFF  # (uid_t)-1: "leave unchanged" in T_CHOWN
 _SET_ID_BITS = st_.S_ISUID | st_.S_ISGID
 _OPEN_ADDED = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
@@ -654,7 +659,7 @@ class ProxyNode:
 def _path(parts: tuple[str, ...]) -> bytes:
     """The chroot path of *parts* (``/`` for the root)."""
     path = b"/" + b"/".join(os.fsencode(p) for p in parts)
-    if len(path) >= _PATH_MAX:
+    if len(path) > _PATH_LIMIT:
         raise _error(errno.ENAMETOOLONG)
     return path
 
@@ -818,15 +823,20 @@ class ProxyBackend(fdops.OpenFdOps, Backend):
         return self.qids.qid(st), st
 
     async def setattr(self, node: ProxyNode, change: SetAttr) -> None:
+        if change.only_drops_setid() and node.fd is not None \
+                and not setid_bits_to_clear(os.fstat(node.fd).st_mode):
+            return  # a write's usual case: nothing to clear, so no helper round trip
         fd = await self._orphan_fd(node)
         if fd is not None:
             await self._pool.run(self._setattr_fd, fd, change)
             return
         path = _path(node.parts)
-        if change.mode is not None or change.size is not None:
+        current = 0  # the mode now, for drop_setid
+        if change.mode is not None or change.size is not None or change.drop_setid:
+            current = (await self._lstat(node.parts)).mode
+            kind = st_.S_IFMT(current)
             # T_CHMOD and T_TRUNCATE follow a final symlink: refuse those first.
-            kind = st_.S_IFMT((await self._lstat(node.parts)).mode)
-            if kind == st_.S_IFLNK:
+            if kind == st_.S_IFLNK and (change.mode is not None or change.size is not None):
                 raise _error(errno.EOPNOTSUPP if change.mode is not None else errno.EINVAL)
             if change.size is not None and kind == st_.S_IFDIR:
                 raise _error(errno.EISDIR)
@@ -837,9 +847,16 @@ class ProxyBackend(fdops.OpenFdOps, Backend):
                 path, _U32_KEEP if uid == -1 else uid, _U32_KEEP if gid == -1 else gid)),
             chmod=lambda mode: requests.append(P.Chmod(path, mode)),
             truncate=lambda size: requests.append(P.Truncate(path, size)),
-            utimes=lambda atime, mtime: requests.append(P.Utime(path, *atime, *mtime)))
+            utimes=lambda atime, mtime: requests.append(P.Utime(path, *atime, *mtime)),
+            current_mode=lambda: current)
         for request in requests:  # one by one: a failure stops the rest, as in notify_change
             await self._ok(request)
+
+    async def write_from(self, node: ProxyNode, offset: int, views: list[memoryview], *,
+                         drop_setid: bool = False) -> int:
+        if drop_setid:  # a helper request, and only when the fd's mode has set-id bits
+            await self.setattr(node, SetAttr(drop_setid=True))
+        return await super().write_from(node, offset, views)
 
     @staticmethod
     def _setattr_fd(fd: int, change: SetAttr) -> None:
@@ -848,7 +865,8 @@ class ProxyBackend(fdops.OpenFdOps, Backend):
             chown=lambda uid, gid: fdops.chown_pinned(fd, uid, gid),
             chmod=lambda mode: fdops.chmod_pinned(fd, mode),
             truncate=lambda size: fdops.truncate(fd, size),
-            utimes=lambda atime, mtime: fdops.utimes_pinned(fd, atime, mtime))
+            utimes=lambda atime, mtime: fdops.utimes_pinned(fd, atime, mtime),
+            current_mode=lambda: os.fstat(fd).st_mode)
 
     async def statfs(self, node: ProxyNode) -> StatFs:
         reply, _ = await self._one(P.Statfs(b"/"))

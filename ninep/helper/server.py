@@ -21,6 +21,11 @@ path that arrives is resolved here, never handed to a path-taking syscall:
   export behaves as if mounted ``nodev``: ``EACCES``), even if one is renamed
   into place concurrently.
 
+A path of PATH_MAX bytes or more (the guest's kernel accepts those; the
+protocol's strings hold 64 KiB) is resolved in pieces shorter than PATH_MAX,
+each after the first with ``RESOLVE_BENEATH`` from the directory the one
+before opened: see :meth:`Export.openat2`.
+
 The ``/proc`` directory fd used for re-opening is opened before the chroot; only
 ``self/fd/<int>`` is ever looked up under it.
 """
@@ -51,6 +56,10 @@ GETVERSION_FS_MAGIC = frozenset({0xEF53, 0x9123683E, 0x52654973, 0x58465342})
 FS_IOC_GETVERSION = 0x80087601  # _IOR('v', 1, long)
 
 _RESOLVE = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
+#: The pieces after the first of a path longer than PATH_MAX (Export.openat2).
+_RESOLVE_BENEATH = syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_MAGICLINKS
+#: The longest path the kernel takes in one call, NUL included.
+_PATH_MAX = 4096
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0o20200000)
 _O_LARGEFILE_KERNEL = 0o100000
 #: Open flags passed on to the kernel; open(2) ignores unknown bits, openat2(2) would refuse them.
@@ -72,13 +81,30 @@ class Export:
     # --- resolution ----------------------------------------------------------
 
     def openat2(self, path: bytes, flags: int, mode: int = 0) -> int:
-        """openat2 below the export root; retries the EAGAIN a concurrent rename can cause."""
-        for _ in range(16):
-            try:
-                return syscalls.openat2(self.root_fd, path, flags | os.O_CLOEXEC, mode, _RESOLVE)
-            except BlockingIOError:
-                continue
-        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        """openat2 below the export root, for a path of any length.
+
+        The kernel takes at most PATH_MAX bytes at once, but the protocol's
+        strings hold 64 KiB and the guest's kernel accepts deeper paths (it
+        walks them component by component).  A longer path is cut at slashes
+        into pieces the kernel takes; every piece but the first is resolved
+        with RESOLVE_BENEATH from the directory the one before opened, so a
+        ``..`` or an absolute symlink that would leave that directory is
+        refused (EXDEV) rather than resolved anywhere else.
+        """
+        if len(path) < _PATH_MAX:
+            return _openat2(self.root_fd, path, flags, mode, _RESOLVE)
+        *dirs, last = _pieces(path)
+        fd, resolve = self.root_fd, _RESOLVE
+        try:
+            for piece in dirs:
+                next_fd = _openat2(fd, piece, os.O_PATH | os.O_DIRECTORY, 0, resolve)
+                if fd != self.root_fd:
+                    os.close(fd)
+                fd, resolve = next_fd, _RESOLVE_BENEATH
+            return _openat2(fd, last, flags, mode, resolve)
+        finally:
+            if fd != self.root_fd:
+                os.close(fd)
 
     def resolve(self, path: bytes, follow: bool = True, extra: int = 0) -> int:
         """An O_PATH fd for *path*; the last component is followed if *follow*."""
@@ -171,6 +197,36 @@ class Export:
             finally:
                 os.close(ofd)
         raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))  # pragma: no cover
+
+
+def _openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
+    """openat2, retrying the EAGAIN a concurrent rename can cause."""
+    for _ in range(16):
+        try:
+            return syscalls.openat2(dirfd, path, flags | os.O_CLOEXEC, mode, resolve)
+        except BlockingIOError:
+            continue
+    raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+
+def _pieces(path: bytes) -> list[bytes]:
+    """*path* (PATH_MAX bytes or more) as relative pieces of whole components,
+    each shorter than PATH_MAX: resolved one after the other they name the
+    same file.  Empty components go (``a//b`` is ``a/b``); a trailing slash
+    stays on the last piece, where it still demands a directory.  A single
+    component too long for the kernel becomes a piece of its own, which the
+    kernel then refuses (ENAMETOOLONG)."""
+    pieces: list[bytes] = []
+    current: list[bytes] = []
+    size = 0
+    for component in filter(None, path.split(b"/")):
+        if current and size + 1 + len(component) >= _PATH_MAX - 1:
+            pieces.append(b"/".join(current))
+            current, size = [], 0
+        size += len(component) + (1 if current else 0)
+        current.append(component)
+    pieces.append(b"/".join(current) + (b"/" if path.endswith(b"/") else b""))
+    return pieces
 
 
 def _is_device(mode: int) -> bool:

@@ -65,6 +65,12 @@ def _check_new_name(name: str, dot_errno: int = errno.EEXIST) -> None:
         raise OSError(dot_errno, "illegal name")
 
 
+def _clears_setid(fid: Fid) -> bool:
+    """Does Linux clear set-id bits when this fid's user writes or truncates?
+    It does for a user without CAP_FSETID: in the guest, anyone but root."""
+    return fid.uid != 0
+
+
 _MODIFYING = frozenset({
     p.Tlcreate.TYPE, p.Tsymlink.TYPE, p.Tmknod.TYPE, p.Trename.TYPE, p.Tsetattr.TYPE,
     p.Txattrcreate.TYPE, p.Tlink.TYPE, p.Tmkdir.TYPE, p.Trenameat.TYPE, p.Tunlinkat.TYPE,
@@ -346,7 +352,10 @@ class Session:
         return p.Rversion(self.msize, version)
 
     async def _Tauth(self, msg: p.Tauth) -> Any:
-        raise OSError(errno.EOPNOTSUPP, "no authentication required")
+        # diod's answer: ENOENT means "no authentication needed, attach with
+        # afid NOFID" to libnpclient (diodls, diodcat), which gives up on any
+        # other error; the Linux client never sends Tauth.
+        raise OSError(errno.ENOENT, "no authentication required")
 
     async def _Tattach(self, msg: p.Tattach) -> p.Rattach:
         if msg.afid != p.NOFID:
@@ -414,6 +423,7 @@ class Session:
             mtime=((msg.mtime_sec, msg.mtime_nsec) if v & p.SETATTR_MTIME_SET else (0, UTIME_NOW))
             if v & p.SETATTR_MTIME else None,
             ctime=bool(v & p.SETATTR_CTIME),
+            drop_setid=bool(v & p.SETATTR_SIZE) and _clears_setid(fid),
         )
         if change.uid == p.NOFID:
             change.uid = None
@@ -456,6 +466,8 @@ class Session:
         fid.kind = FidKind.OPEN
         fid.is_dir = bool(qid.type & p.QTDIR)
         fid.open_flags = flags
+        if flags & os.O_TRUNC and _clears_setid(fid):
+            await self.backend.setattr(fid.node, SetAttr(drop_setid=True))
         return p.Rlopen(qid, self._iounit(iounit))
 
     async def _opening_of(self, fid: Fid, opener: Coroutine[Any, Any, T]) -> T:
@@ -607,7 +619,8 @@ class Session:
         if fid.open_flags & 3 == os.O_RDONLY:
             raise OSError(errno.EBADF, "fid is open read-only")
         async with fid.in_use():
-            n = await self.backend.write_from(fid.node, offset, slice_segments(request, start, count))
+            n = await self.backend.write_from(fid.node, offset, slice_segments(request, start, count),
+                                              drop_setid=count > 0 and _clears_setid(fid))
         return p.Rwrite(n)
 
     async def _treaddir(self, msg: p.Treaddir, tag: int, sink: ReplySink) -> None:

@@ -34,6 +34,7 @@ import pytest
 from ninep.backends.base import Backend, Credentials, DirEntry, Node, Stat
 from ninep.backends.handle import HandleBackend
 from ninep.backends.local import LocalBackend, make_model
+from ninep.client import Client
 from ninep.protocol.ninep import Qid
 
 from .proxy_support import start_proxy_backend, start_proxy_qemu_helper_backend
@@ -63,10 +64,15 @@ class Caps:
     #: Guest owner/mode are kept by file name (mapped-file), so once an open
     #: file's name is gone they cannot change any more (ENOENT, as in QEMU).
     metadata_by_name: bool = False
+    #: Paths inside the export of PATH_MAX bytes and more work (the guest's
+    #: kernel accepts them); False: ENAMETOOLONG (QEMU's proxy helper).
+    paths_past_path_max: bool = True
 
 
 PASSTHROUGH = Caps()
-NONE = Caps(creates_as_caller=False)
+#: none chowns new entries as passthrough does and ignores a failure: a root
+#: server gives them the caller, an unprivileged one keeps its own owner.
+NONE = Caps(creates_as_caller=os.geteuid() == 0)
 MAPPED = Caps(host_owners=False, host_modes=False, host_file_types=False)
 MAPPED_XATTR = MAPPED
 MAPPED_FILE = replace(MAPPED, metadata_by_name=True)
@@ -101,7 +107,8 @@ BACKENDS: dict[str, BackendSpec] = {
     "local-mapped-xattr": BackendSpec(local_backend("mapped-xattr"), MAPPED_XATTR),
     "local-mapped-file": BackendSpec(local_backend("mapped-file"), MAPPED_FILE),
     "proxy": BackendSpec(start_proxy_backend, PROXY),
-    "proxy-qemu-helper": BackendSpec(start_proxy_qemu_helper_backend, PROXY),
+    "proxy-qemu-helper": BackendSpec(start_proxy_qemu_helper_backend,
+                                     replace(PROXY, paths_past_path_max=False)),
 }
 
 #: A caller that is neither the server (root) nor anyone else in the tests.
@@ -277,6 +284,18 @@ async def fs(backend: Backend, export: Path) -> AsyncIterator[Fs]:
     helper.track(root)
     yield helper
     await helper.clunk_all()
+
+
+Connect = Callable[[], Awaitable[Client]]
+
+
+@pytest.fixture
+async def connect(backend_spec: BackendSpec, export: Path,
+                  serve: Callable[..., Awaitable[Any]]) -> Connect:
+    """Clients of a server (client -> Session -> back end) on this test's back
+    end (``serve``, from tests/conftest.py, closes the back end)."""
+    served = await serve(backend=await build_backend(backend_spec, export))
+    return served.connect
 
 
 @pytest.fixture

@@ -6,27 +6,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from ninep.client import Client
 from ninep.protocol import ninep as p
 
-from .conftest import CRED, BackendSpec, Caps, build_backend
-
-Connect = Callable[[], Awaitable[Client]]
-
-
-@pytest.fixture
-async def connect(backend_spec: BackendSpec, export: Path,
-                  serve: Callable[..., Awaitable[Any]]) -> Connect:
-    """Clients of a server on this test's back end (``serve``, from tests/conftest.py,
-    closes the back end)."""
-    served = await serve(backend=await build_backend(backend_spec, export))
-    return served.connect
+from .conftest import CRED, Caps, Connect
 
 
 async def test_read_through_the_wire(connect: Connect, export: Path) -> None:

@@ -70,8 +70,13 @@ async def test_version_resets_the_session(served: Client, export: Path, fd_count
 
 # --- Tauth / Tattach ---------------------------------------------------------------------
 
-async def test_auth_is_refused(served: Client, expect_errno) -> None:
-    assert await expect_errno(served, p.Tauth(7, "root", "", 0)) == errno.EOPNOTSUPP
+async def test_auth_answers_no_authentication_needed_as_diod_does(served: Client,
+                                                                  expect_errno) -> None:
+    """ENOENT, diod's answer: libnpclient (diodls, diodcat) then attaches
+    without an afid; any other errno makes it give up."""
+    assert await expect_errno(served, p.Tauth(7, "root", "", 0)) == errno.ENOENT
+    root = await served.attach()
+    assert (await served.getattr(root)).qid.type == p.QTDIR
 
 
 async def test_attach_returns_the_root_qid(served: Client, export: Path) -> None:

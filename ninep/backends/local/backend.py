@@ -197,9 +197,12 @@ class LocalBackend(fdops.OpenFdOps, Backend):
         return self.qids.qid(st), st
 
     async def setattr(self, node: LocalNode, change: SetAttr) -> None:
-        await self._run(self._setattr, node, change)
+        await self._run(self._setattr_now, node, change)
 
-    def _setattr(self, node: LocalNode, change: SetAttr) -> None:
+    def _may_have_setid(self, fd: int) -> bool:
+        return self.model.may_have_setid(fd)
+
+    def _setattr_now(self, node: LocalNode, change: SetAttr) -> None:
         fd = node.fd
         fdops.apply_setattr(
             change,
@@ -209,7 +212,8 @@ class LocalBackend(fdops.OpenFdOps, Backend):
                                         fd_suffices=True),
             truncate=lambda size: self._on_inode(node, lambda pfd: fdops.truncate(pfd, size)),
             utimes=lambda atime, mtime: self._on_inode(
-                node, lambda pfd: fdops.utimes_pinned(pfd, atime, mtime)))
+                node, lambda pfd: fdops.utimes_pinned(pfd, atime, mtime)),
+            current_mode=lambda: self._stat(node).mode)
 
     async def statfs(self, node: LocalNode) -> StatFs:
         return await self._run(fdops.statfs, self.root_fd)

@@ -23,7 +23,7 @@ from contextlib import contextmanager, suppress
 from typing import NamedTuple, TypeVar
 
 from .. import fdops
-from ..base import Credentials, DirEntry, Stat
+from ..base import Credentials, DirEntry, Stat, setid_bits_to_clear
 from ..fdops import open_nofollow
 from .secmodel import SecurityModel, open_created, proc_path
 
@@ -227,6 +227,7 @@ _XATTR_FIELDS = (
     ("mode", XATTR_PREFIX + "mode", struct.Struct("<I")),
     ("rdev", XATTR_PREFIX + "rdev", struct.Struct("<Q")),
 )
+_, _MODE_XATTR, _MODE_FORMAT = _XATTR_FIELDS[2]
 
 
 class MappedXattrModel(MappedModel):
@@ -258,6 +259,14 @@ class MappedXattrModel(MappedModel):
 
     def fstat(self, fd: int) -> Stat:
         return self._load_fd(fd).over(os.fstat(fd))
+
+    def may_have_setid(self, fd: int) -> bool:
+        """One xattr, the stored mode, instead of all four."""
+        try:
+            raw = os.getxattr(proc_path(fd), _MODE_XATTR)
+        except OSError:
+            return True  # none stored: the host mode stands, so look closer
+        return len(raw) != _MODE_FORMAT.size or bool(setid_bits_to_clear(_MODE_FORMAT.unpack(raw)[0]))
 
     # -- the guest's xattrs ---------------------------------------------------------
     @staticmethod

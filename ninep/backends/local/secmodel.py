@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 from ... import syscalls
-from ..base import Credentials, DirEntry, Stat
+from ..base import Credentials, DirEntry, Stat, setid_bits_to_clear
 from ..fdops import fd_path, open_nofollow
 
 MODEL_CHOICES = ("passthrough", "mapped-xattr", "mapped", "mapped-file", "none")
@@ -90,6 +90,12 @@ class SecurityModel(ABC):
 
     @abstractmethod
     def readlink(self, dirfd: int, name: str) -> str: ...
+
+    def may_have_setid(self, fd: int) -> bool:
+        """Before each write by a user without CAP_FSETID: False only when the
+        open file *fd* surely has no set-id bits to clear, found cheaply
+        (True sends the write through the full ``SetAttr(drop_setid)``)."""
+        return True
 
     # -- creating -----------------------------------------------------------------
     @abstractmethod
@@ -191,6 +197,9 @@ class PassthroughModel(SecurityModel):
     def readlink(self, dirfd: int, name: str) -> str:
         return os.readlink(name, dir_fd=dirfd)
 
+    def may_have_setid(self, fd: int) -> bool:
+        return bool(setid_bits_to_clear(os.fstat(fd).st_mode))
+
     def _own(self, dirfd: int, name: str, fd: int | None, cred: Credentials) -> None:
         """Give a new entry to the caller; undo the creation if that fails."""
         try:
@@ -240,13 +249,18 @@ class PassthroughModel(SecurityModel):
 
 
 class NoneModel(PassthroughModel):
-    """Like passthrough, but new files keep the server's owner and a failed
-    chown is ignored (for servers that run unprivileged)."""
+    """Passthrough for a server that may run unprivileged: a new entry is
+    chowned to the caller as in passthrough, but when that fails it quietly
+    keeps the server's owner (QEMU's ``local_set_cred_passthrough``), and a
+    refused chown is ignored.  Run as root, it behaves like passthrough."""
 
     name = "none"
 
     def _own(self, dirfd: int, name: str, fd: int | None, cred: Credentials) -> None:
-        pass
+        try:
+            _chown_entry(dirfd, name, fd, cred.uid, cred.gid)
+        except OSError:
+            pass  # EPERM unprivileged, EINVAL for an id the user namespace lacks
 
     def chown(self, dirfd: int, name: str, fd: int | None, uid: int, gid: int) -> None:
         try:
