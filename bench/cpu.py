@@ -41,6 +41,9 @@ class WorkloadCpuSampler:
         self.pid = pid
         self.console_log = console_log
         self.cpu: dict[str, float] = {}
+        #: name -> [start, end] in perf_counter_ns (CLOCK_MONOTONIC, as the server's own
+        #: clock): when each workload ran, to ±20 ms, for bench.vq_trace's per-workload split
+        self.windows: dict[str, list[int]] = {}
         self._started: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -70,6 +73,10 @@ class WorkloadCpuSampler:
             for line in lines:
                 m = self._LINE.match(line)
                 if m:
+                    if m.group(1) == "START":
+                        self.windows[m.group(2)] = [time.perf_counter_ns(), 0]
+                    elif m.group(2) in self.windows:
+                        self.windows[m.group(2)][1] = time.perf_counter_ns()
                     now = process_cpu_seconds(self.pid)
                     if now is None:
                         continue

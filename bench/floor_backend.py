@@ -158,7 +158,7 @@ class FloorBackend(Backend):
                 break
         return want
 
-    async def write_from(self, node: _Node, offset: int, views: Views) -> int:
+    async def write_from(self, node: _Node, offset: int, views: Views, *, drop_setid: bool = False) -> int:
         n = sum(len(v) for v in views)
         node.inode.size = max(node.inode.size, offset + n)
         node.inode.mtime_ns = time.time_ns()

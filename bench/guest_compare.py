@@ -216,6 +216,8 @@ def run_one(target: Target, rep: int, params: Params, image: GuestImage, tar: Pa
                                 timeout=timeout, image=image, memory_mb=memory_mb,
                                 qemu=running.qemu, console_log=console)
             cpu1 = process_cpu_seconds(running.pid)
+            if trace is not None and isinstance(sampler, WorkloadCpuSampler):
+                trace.with_suffix(".windows.json").write_text(json.dumps(sampler.windows))
             if spy is not None:  # py-spy writes its stacks on SIGINT
                 spy.send_signal(signal.SIGINT)
                 spy.wait(timeout=120)

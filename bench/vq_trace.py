@@ -91,8 +91,25 @@ class Trace:
 
 
 def summarise(path: Path) -> str:
+    """The whole trace, then each workload's window if guest_compare saved them
+    (``trace-*.windows.json`` beside it)."""
     data = json.loads(path.read_text())
-    reqs = [r for r in data["requests"] if r[3]]
+    out = [_breakdown(data["requests"], data["kicks"], data["calls"])]
+    windows_file = path.with_suffix(".windows.json")
+    if windows_file.exists():
+        for name, (t0, t1) in json.loads(windows_file.read_text()).items():
+            if not t1:
+                continue
+            inside = [r for r in data["requests"] if t0 <= r[0] <= t1]
+            kicks = [k for k in data["kicks"] if t0 <= k <= t1]
+            calls = [c for c in data["calls"] if t0 <= c <= t1]
+            out.append(f"-- {name} ({(t1 - t0) / 1e9:.2f} s)\n" + _breakdown(inside, kicks, calls))
+    return "\n".join(out)
+
+
+def _breakdown(requests: list[list[int]], kicks: list[int], calls: list[int]) -> str:
+    data = {"kicks": kicks, "calls": calls}
+    reqs = [r for r in requests if r[3]]
     if not reqs:
         return "no requests traced"
     us = 1e-3
