@@ -98,6 +98,11 @@ class DirU(NamedTuple):
     n_muid: int
 
 
+#: Twstat stats that change nothing (what Linux starts from: p9stat_init).
+DONT_TOUCH = DirU(NO_U16, NO_U32, Qid(0xFF, NO_U32, NO_U64), NO_U32, NO_U32, NO_U32, NO_U64,
+                  "", "", "", "", "", NO_U32, NO_U32, NO_U32)
+DONT_TOUCH_PLAIN = Dir(*DONT_TOUCH[:11])
+
 _DIR_FIELDS = ("type" / u16, "dev" / u32, "qid" / QidFormat, "mode" / u32, "atime" / u32,
                "mtime" / u32, "length" / u64, "name" / String, "uid" / String, "gid" / String,
                "muid" / String)

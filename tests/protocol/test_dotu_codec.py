@@ -36,8 +36,7 @@ DIR = u.Dir(type=0, dev=0, qid=QID2, mode=0o644, atime=1, mtime=2, length=5, nam
 DIR_HEX = ("3200 0000 00000000 " + QID2_HEX + " a4010000 01000000 02000000 0500000000000000"
            " 0100 66 0100 75 0100 67 0000")
 #: What Linux sends for "change nothing": every integer all ones, every string empty.
-DONT_TOUCH = u.DirU(u.NO_U16, u.NO_U32, p.Qid(0xFF, u.NO_U32, u.NO_U64), u.NO_U32, u.NO_U32,
-                    u.NO_U32, u.NO_U64, "", "", "", "", "", u.NO_U32, u.NO_U32, u.NO_U32)
+DONT_TOUCH = u.DONT_TOUCH
 DONT_TOUCH_HEX = ("3d00 ffff ffffffff ff ffffffff ffffffffffffffff ffffffff ffffffff ffffffff"
                   " ffffffffffffffff 0000 0000 0000 0000 0000 ffffffff ffffffff ffffffff")
 
