@@ -290,11 +290,17 @@ class OldDialect:
         """A node for the directory that holds *fid*'s file, walked from *root*
         along the fid's path (a file has no ``..`` to walk); ESTALE if that path
         no longer leads to the fid's file (renamed by someone else)."""
-        qids, parent = await self.backend.walk(root, list(fid.path[:-1]))
+        try:
+            qids, parent = await self.backend.walk(root, list(fid.path[:-1]))
+        except FileNotFoundError:
+            parent = None
         if parent is None:
             raise OSError(errno.ESTALE, "the fid's directory moved")
         try:
-            qids, check = await self.backend.walk(parent, [fid.path[-1]])
+            try:
+                qids, check = await self.backend.walk(parent, [fid.path[-1]])
+            except FileNotFoundError:
+                raise OSError(errno.ESTALE, "the fid's file moved") from None
             if check is not None:
                 await self.backend.clunk(check)
             qid, _ = await self.backend.getattr(fid.node)
