@@ -182,42 +182,58 @@ class OldDialect:
         perm = msg.perm if self.dotu else msg.perm & (u.DMDIR | 0o777)
         extension = msg.extension if self.dotu else ""
         mode = unix_perm(perm, self.dotu)
-        # The new file's group: the directory's (no gid on the wire in these dialects).
-        _, dir_stat = await self.backend.getattr(fid.node)
-        cred = Credentials(fid.uid, dir_stat.gid)
         path = fid.path + (msg.name,)
-        if not perm & (_TYPE_BITS | u.DMDIR):
-            flags = omode_to_host(msg.mode, self.dotu) | os.O_CREAT | os.O_EXCL
-            qid, iounit = await s.create_fid(fid, msg.name, flags, mode, cred)
-            fid.path = path
-            fid.remove_on_clunk = bool(msg.mode & u.ORCLOSE)
-            return u.Rcreate(qid, iounit)
-        node = fid.node
+        # In use until the new node is ready: a clunk racing this waits, so
+        # the back end never sees the directory's node after its clunk.
+        async with fid.in_use():
+            # The new file's group: the directory's (no gid on the wire in these dialects).
+            _, dir_stat = await self.backend.getattr(fid.node)
+            cred = Credentials(fid.uid, dir_stat.gid)
+            if not perm & (_TYPE_BITS | u.DMDIR):
+                flags = omode_to_host(msg.mode, self.dotu) | os.O_CREAT | os.O_EXCL
+                qid, iounit = await s.create_fid(fid, msg.name, flags, mode, cred)
+                fid.path = path
+                fid.remove_on_clunk = bool(msg.mode & u.ORCLOSE)
+                return u.Rcreate(qid, iounit)
+            await self._make(fid, msg.name, perm, mode, extension, cred)
+            qids, new = await self.backend.walk(fid.node, [msg.name])
+            entry = Fid(new, fid.uid, is_dir=bool(perm & u.DMDIR), path=path)
+            qid, iounit = qids[-1], s._iounit(0)
+            if perm & u.DMDIR:  # opened before anyone can see it as the fid
+                try:
+                    qid, iounit = await s.open_fid(entry, os.O_RDONLY | os.O_DIRECTORY |
+                                                   os.O_NOFOLLOW | os.O_CLOEXEC)
+                except BaseException:
+                    await s._release(entry)
+                    raise
+        await s._install(msg.fid, entry, replace=True)
+        return u.Rcreate(qid, iounit)
+
+    async def _make(self, dfid: Fid, name: str, perm: int, mode: int, extension: str,
+                    cred: Credentials) -> None:
+        """Make the directory, symlink, hard link or special file a Tcreate asks for."""
+        s = self.session
+        node = dfid.node
         if perm & u.DMDIR:
-            await self.backend.mkdir(node, msg.name, mode, cred)
+            await self.backend.mkdir(node, name, mode, cred)
         elif perm & u.DMSYMLINK:
             if not extension or "\0" in extension:
                 raise OSError(errno.EINVAL, "bad symlink target")
-            await self.backend.symlink(node, msg.name, extension, cred)
+            await self.backend.symlink(node, name, extension, cred)
         elif perm & u.DMLINK:
-            target = s.fids.get(int(extension)) if extension.isdigit() else None
-            if target is None:
+            if not extension.isdigit():
                 raise OSError(errno.EINVAL, "link extension is not a fid number")
+            target = s.fids.get(int(extension))
             if target.is_dir:
                 raise OSError(errno.EPERM, "hard link to a directory")
-            await self.backend.link(node, target.node, msg.name)
+            if target.kind in (FidKind.XATTR_READ, FidKind.XATTR_WRITE):
+                raise OSError(errno.EINVAL, "xattr fid")
+            async with target.in_use():
+                await self.backend.link(node, target.node, name)
         else:
             kind, rdev = (_device(extension) if perm & u.DMDEVICE else
                           (_stat.S_IFIFO if perm & u.DMNAMEDPIPE else _stat.S_IFSOCK, 0))
-            await self.backend.mknod(node, msg.name, kind | mode, rdev, cred)
-        qids, new = await self.backend.walk(node, [msg.name])
-        entry = Fid(new, fid.uid, is_dir=bool(perm & u.DMDIR), path=path)
-        await s._install(msg.fid, entry, replace=True)
-        if perm & u.DMDIR:
-            qid, iounit = await s.open_fid(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                                           | os.O_CLOEXEC)
-            return u.Rcreate(qid, iounit)
-        return u.Rcreate(qids[-1], s._iounit(0))
+            await self.backend.mknod(node, name, kind | mode, rdev, cred)
 
     # --- stat / wstat -----------------------------------------------------------------------
 
@@ -264,27 +280,30 @@ class OldDialect:
             _check_new_name(d.name, errno.EISDIR)
             if not fid.path:
                 raise OSError(errno.EBUSY, "cannot rename the root")
-        change = await self._setattr_of(fid, d)
-        if change is None and not rename:
-            if fid.kind is FidKind.OPEN:
-                async with fid.in_use():
+        async with fid.in_use():
+            change = await self._setattr_of(fid, d)
+            if change is None and not rename:
+                if fid.kind is FidKind.OPEN:
                     await self.backend.fsync(fid.node, False)
-            return u.Rwstat()
-        if change is not None:
-            async with fid.in_use():
+                return u.Rwstat()
+            if change is not None:
                 await self.backend.setattr(fid.node, change)
-        if rename:
-            root, _ = await self.backend.attach("", fid.uid, "")
-            try:
-                parent = await self._parent_of(fid, root)
-                try:
-                    await self.backend.rename(fid.node, parent, d.name)
-                finally:
-                    await self.backend.clunk(parent)
-            finally:
-                await self.backend.clunk(root)
-            fid.path = fid.path[:-1] + (d.name,)
+            if rename:
+                await self._rename(fid, d.name)
         return u.Rwstat()
+
+    async def _rename(self, fid: Fid, name: str) -> None:
+        """Rename *fid*'s file to *name* in the same directory."""
+        root, _ = await self.backend.attach("", fid.uid, "")
+        try:
+            parent = await self._parent_of(fid, root)
+            try:
+                await self.backend.rename(fid.node, parent, name)
+            finally:
+                await self.backend.clunk(parent)
+        finally:
+            await self.backend.clunk(root)
+        fid.path = fid.path[:-1] + (name,)
 
     async def _parent_of(self, fid: Fid, root: Any) -> Any:
         """A node for the directory that holds *fid*'s file, walked from *root*

@@ -69,7 +69,8 @@ from ninep.transport.virtqueue import (DESC, MAX_CHAIN, VIRTQ_DESC_F_INDIRECT, V
 
 from security.harness import Canary, fd_count, rss_kib
 
-from .engine import ResourceTotals, build_export, random_frames, without_mknod_capability
+from .engine import ERROR_TYPES, ResourceTotals, build_export, decode_reply, error_errno, \
+    random_frames, without_mknod_capability
 
 MIB = 1 << 20
 U64_MAX = (1 << 64) - 1
@@ -279,17 +280,18 @@ def reply_problem(request: bytes, reply: bytes) -> str | None:
     if len(reply) < p.HEADER_SIZE or struct.unpack_from("<I", reply)[0] != len(reply):
         return f"reply {reply[:16].hex()} does not say its own length {len(reply)}"
     try:
-        rtag, msg = p.decode(reply)
+        rtag, msg = decode_reply(reply)
     except p.ProtocolError as exc:
         return f"malformed reply {reply[:32].hex()}: {exc}"
+    ecode = error_errno(msg)
     if len(request) >= p.HEADER_SIZE:
         _, ttype, ttag = p.HEADER.unpack_from(request)
-        if rtag != ttag or type(msg).TYPE not in (ttype + 1, p.Rlerror.TYPE):
+        if rtag != ttag or type(msg).TYPE not in (ttype + 1, *ERROR_TYPES):
             return f"{type(msg).__name__} tag {rtag} answers type {ttype} tag {ttag}"
-    elif rtag != p.NOTAG or not isinstance(msg, p.Rlerror):
+    elif rtag != p.NOTAG or ecode is None:
         return f"a runt request got {type(msg).__name__} tag {rtag}"
-    if isinstance(msg, p.Rlerror) and msg.ecode == errno.EIO:
-        return "Rlerror(EIO): an internal error"
+    if ecode == errno.EIO:
+        return f"{type(msg).__name__}(EIO): an internal error"
     return None
 
 
@@ -1001,10 +1003,11 @@ class ChainFuzzer(FrontEndFuzzer):
             if problem:
                 raise VhostFuzzFailure(f"{chain.kind} head {chain.head} request "
                                        f"{request[:64].hex()}: {problem}")
-            _, msg = p.decode(reply)
+            _, msg = decode_reply(reply)
             self.stats.replies[type(msg).__name__] += 1
-            if isinstance(msg, p.Rlerror):
-                self.stats.errors[errno.errorcode.get(msg.ecode, str(msg.ecode))] += 1
+            ecode = error_errno(msg)
+            if ecode is not None:
+                self.stats.errors[errno.errorcode.get(ecode, str(ecode))] += 1
 
     def _check_memory(self, chains: list[Chain], before: tuple[bytes, bytes]) -> None:
         """Only the returned chains' writable buffers and the used ring may have changed."""
