@@ -221,9 +221,10 @@ class OldDialect:
                 raise OSError(errno.EINVAL, "bad symlink target")
             await self.backend.symlink(node, name, extension, cred)
         elif perm & u.DMLINK:
-            if not extension.isdigit():
+            number = extension.strip()  # Linux sends "%d\n"
+            if not number.isdigit():
                 raise OSError(errno.EINVAL, "link extension is not a fid number")
-            target = s.fids.get(int(extension))
+            target = s.fids.get(int(number))
             if target.is_dir:
                 raise OSError(errno.EPERM, "hard link to a directory")
             if target.kind in (FidKind.XATTR_READ, FidKind.XATTR_WRITE):
@@ -238,7 +239,9 @@ class OldDialect:
     # --- stat / wstat -----------------------------------------------------------------------
 
     async def stat_of(self, node: Any, name: str) -> u.Dir | u.DirU:
-        """The stat of *node*, called *name*."""
+        """The stat of *node*, called *name*.  In .u the extension says what
+        the mode cannot: a symlink's target, a device's numbers, and for files
+        and directories ``HARDLINKCOUNT n`` (the only link count Linux reads)."""
         qid, st = await self.backend.getattr(node)
         extension = ""
         if self.dotu:
@@ -247,6 +250,8 @@ class OldDialect:
             elif _stat.S_ISCHR(st.mode) or _stat.S_ISBLK(st.mode):
                 extension = (f"{'c' if _stat.S_ISCHR(st.mode) else 'b'} "
                              f"{os.major(st.rdev)} {os.minor(st.rdev)}")
+            elif _stat.S_ISREG(st.mode) or _stat.S_ISDIR(st.mode):
+                extension = f"HARDLINKCOUNT {st.nlink}"
         return self._dir(qid, st, name, extension)
 
     def _dir(self, qid: p.Qid, st: Stat, name: str, extension: str) -> u.Dir | u.DirU:

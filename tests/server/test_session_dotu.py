@@ -106,7 +106,8 @@ async def test_stat_of_root_and_file(old: Client, export: Path) -> None:
     assert (d.uid, d.gid) == ("1000", "100")
     if isinstance(d, u.DirU):
         assert d.mode == 0o751 | u.DMSETUID
-        assert (d.n_uid, d.n_gid, d.extension) == (host.st_uid, host.st_gid, "")
+        assert (d.n_uid, d.n_gid) == (host.st_uid, host.st_gid)
+        assert d.extension == "HARDLINKCOUNT 1"  # Linux's only source of nlink in .u
     else:
         assert d.mode == 0o751  # plain 9P2000 has no setuid bit
 
@@ -198,8 +199,12 @@ async def test_create_symlink_hardlink_and_special_files(dotu: Client, export: P
     assert reply.qid.type == p.QTSYMLINK and os.readlink(export / "sl") == "target"
     assert (await dotu.stat(fid)).extension == "target"
     target = await dotu.walk(root, ["target"])
-    await dotu.tcreate(root, "hl", u.DMLINK, u.OREAD, str(target))
+    await dotu.tcreate(root, "hl", u.DMLINK, u.OREAD, f"{target}\n")  # as Linux writes it
     assert os.stat(export / "hl").st_ino == os.stat(export / "target").st_ino
+    assert (await dotu.stat(target)).extension == "HARDLINKCOUNT 2"
+    (export / "d").mkdir()
+    (export / "d" / "sub").mkdir()
+    assert (await dotu.stat(await dotu.walk(root, ["d"]))).extension == "HARDLINKCOUNT 3"
     await dotu.tcreate(root, "chr", u.DMDEVICE | 0o600, u.OREAD, "c 1 3")
     st = os.stat(export / "chr")
     assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
