@@ -78,24 +78,9 @@ class Dir(NamedTuple):
     muid: str
 
 
-class DirU(NamedTuple):
-    """A 9P2000.u stat: :class:`Dir` plus the extension and numeric ids."""
-
-    type: int
-    dev: int
-    qid: Qid
-    mode: int
-    atime: int
-    mtime: int
-    length: int
-    name: str
-    uid: str
-    gid: str
-    muid: str
-    extension: str
-    n_uid: int
-    n_gid: int
-    n_muid: int
+#: A 9P2000.u stat: :class:`Dir`'s fields, then the extension and numeric ids.
+DirU = NamedTuple("DirU", [*Dir.__annotations__.items(), ("extension", str), ("n_uid", int),
+                           ("n_gid", int), ("n_muid", int)])
 
 
 #: Twstat stats that change nothing (what Linux starts from: p9stat_init).
