@@ -394,17 +394,19 @@ class OldDialect:
         return b"".join(out)
 
     async def _entry(self, fid: Fid, name: str) -> bytes | None:
-        """One directory entry's stat on the wire; None for one to skip (plain
-        9P2000 lists no ``.`` or ``..``; an entry removed meanwhile)."""
+        """One directory entry's stat on the wire; None for one to skip: plain
+        9P2000 lists no ``.`` or ``..``, and an entry that cannot be stat'd
+        (removed meanwhile, or refused, e.g. by ``--multidevs forbid``) is left
+        out rather than failing the whole listing."""
         if name in (".", "..") and not self.dotu:
             return None
         try:
             _, node = await self.backend.walk(fid.node, [] if name == "." else [name])
-        except FileNotFoundError:
+        except OSError:
             return None
         try:
             return u.encode_dir(await self.stat_of(node, name))
-        except FileNotFoundError:
+        except OSError:
             return None
         finally:
             await self.backend.clunk(node)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ninep.backends.local import LocalBackend
 from ninep.client import Client
 from ninep.protocol import dotu as u
 from ninep.protocol import ninep as p
@@ -388,3 +389,20 @@ async def test_readonly_export_refuses_every_change(serve, export: Path) -> None
     await client.topen(f, u.OREAD)
     assert await client.read(f, 0, 10) == b"data"
     assert os.listdir(export) == ["f"]
+
+
+class _RefusingBackend(LocalBackend):
+    """Refuses to walk to one name, as ``--multidevs forbid`` refuses another device."""
+
+    async def walk(self, node, names):  # type: ignore[no-untyped-def]
+        if "refused" in names:
+            raise OSError(errno.EXDEV, "another device")
+        return await super().walk(node, names)
+
+
+async def test_directory_read_leaves_out_what_cannot_be_stated(serve, export: Path) -> None:
+    for name in ("a", "refused", "b"):
+        (export / name).touch()
+    client = await (await serve(backend=_RefusingBackend(str(export), threads=4))).connect(
+        version=u.VERSION_9P2000U)
+    assert set(await listing(client, await client.attach())) == {".", "..", "a", "b"}
