@@ -1,10 +1,10 @@
 """The 9P2000.u and plain 9P2000 handlers of a :class:`~.session.Session`.
 
 The session keeps its dispatcher, fid table, flush and I/O paths; after a
-Tversion for one of these dialects it dispatches through :meth:`OldDialect.handlers`
-instead of its 9P2000.L methods.  The messages both share (walk, clunk,
-remove, read, write) run the session's own code; what differs maps onto
-the same back-end calls as .L:
+Tversion for one of these dialects it dispatches through
+:meth:`Dialect9P2000.handlers` instead of its 9P2000.L methods.  The
+messages all dialects share (walk, clunk, remove, read, write) run the
+session's own code; what differs maps onto the same back-end calls as .L:
 
 * Topen/Tcreate -> open/create (Tcreate's perm bits and extension string:
   mkdir, symlink, link, mknod);
@@ -102,8 +102,8 @@ def _device(extension: str) -> tuple[int, int]:
     return kind, os.makedev(int(parts[1]), int(parts[2]))
 
 
-class OldDialect:
-    """9P2000.u (``dotu``) or plain 9P2000 on one session."""
+class Dialect9P2000:
+    """The 9P2000 family on one session: 9P2000.u (``dotu``) or plain 9P2000."""
 
     def __init__(self, session: Session, messages: p.MessageSet) -> None:
         self.session = session

@@ -360,9 +360,9 @@ class Session:
         if messages is p.DOTL:
             self._handlers, self._read_dir = self._dotl_handlers, None
         else:
-            from .dialect_u import OldDialect  # it builds on this module
-            old = OldDialect(self, messages)
-            self._handlers, self._read_dir = old.handlers(), old.read_dir
+            from .dialect_u import Dialect9P2000  # it builds on this module
+            dialect = Dialect9P2000(self, messages)
+            self._handlers, self._read_dir = dialect.handlers(), dialect.read_dir
         return p.Rversion(self.msize, messages.version)
 
     async def _Tauth(self, msg: p.Tauth) -> Any:
