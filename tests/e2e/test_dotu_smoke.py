@@ -17,7 +17,7 @@ from tests.e2e.servers import NinepServer
 
 pytestmark = pytest.mark.e2e
 
-MODELS = ("passthrough", "mapped-xattr")
+MODELS = ("passthrough", "mapped-xattr", "mapped-file", "none")
 #: Linux has no xattr operations in 9P2000.u.
 NOT_IN_DOTU = ("xattr",)
 #: Groups whose failure is the protocol's -> the one check that fails in them.
@@ -29,7 +29,7 @@ PROTOCOL_LIMITS = {"sparse": "sparse: sparse file allocates"}
 def test_smoke_passes_over_9p2000u(e2e_image: GuestImage, ninep_server: NinepServer,
                                    request) -> None:
     model = request.node.callspec.id
-    nfiles = 1000 if model == "passthrough" else 300
+    nfiles = 1000 if model == "passthrough" else 300  # the big listing once is enough
     # The mount options start with version=9p2000.L; a later version= wins.
     script = "grep ' /mnt 9p ' /proc/mounts\n" + SMOKE_SCRIPT.read_text()
     res = run_guest(script, share=FdSocketShare(ninep_server.sock), image=e2e_image,
