@@ -37,11 +37,11 @@ if str(REPO) not in sys.path:  # "tests.e2e" is imported from the source tree
 from bench.report import Summary, fmt_ratio, markdown_table, ratio, ratio_chart  # noqa: E402
 from bench.cpu import WorkloadCpuSampler, process_cpu_seconds  # noqa: E402
 from bench.profile_summary import summarise as summarise_profile  # noqa: E402
-from bench.servers import Target, all_targets  # noqa: E402
+from bench.servers import COMPARISONS, Target, all_targets  # noqa: E402
 from tests.e2e.guest import GuestImage, run_guest  # noqa: E402
 
 WORKLOAD_SCRIPT = Path(__file__).with_name("workloads.sh")
-WORKLOADS = ("seq_write", "seq_read", "rand4k", "metadata", "listdir", "untar")
+WORKLOADS = ("seq_write", "seq_read", "rand4k", "metadata", "listdir", "parallel", "untar")
 _RESULT = re.compile(r"^BENCH-RESULT (\S+) (\d+)\s*$", re.M)
 
 
@@ -80,6 +80,9 @@ def metrics(params: Params) -> list[Metric]:
                      Metric("meta_unlink", f"unlink {params.meta_files} files", "s"),
                      Metric("metadata", "metadata total", "s")],
         "listdir": [Metric("listdir", f"list a {params.list_files}-entry dir (glob)", "s")],
+        "parallel": [Metric("par_write", f"4 processes write {params.size_mib} MiB (bs=256k)", "s"),
+                     Metric("par_read", f"4 processes read {params.size_mib} MiB (bs=256k)", "s"),
+                     Metric("par_meta", f"4 processes create+stat+unlink {params.meta_files} files", "s")],
         "untar": [Metric("untar", f"untar {params.untar_files} mixed files", "s")],
     }
     return [m for w in params.workloads for m in rows[w]]
@@ -190,7 +193,10 @@ class RunRecord:
 
 
 def run_one(target: Target, rep: int, params: Params, image: GuestImage, tar: Path, work: Path,
-            out: Path, memory_mb: int, timeout: float, profile: bool) -> RunRecord:
+            out: Path, memory_mb: int, timeout: float, profile: bool, trace_vhost: bool = False) -> RunRecord:
+    if target.skip_workloads:
+        params = dataclasses.replace(
+            params, workloads=tuple(w for w in params.workloads if w not in target.skip_workloads))
     export = Path(tempfile.mkdtemp(prefix="export-", dir=work))
     sockdir = Path(tempfile.mkdtemp(prefix="s", dir="/tmp"))  # Unix socket paths stay short
     logs = out / "logs"
@@ -198,7 +204,8 @@ def run_one(target: Target, rep: int, params: Params, image: GuestImage, tar: Pa
     tag = f"{re.sub(r'[^A-Za-z0-9]+', '_', target.name)}-rep{rep}"
     try:
         populate(export, params, tar)
-        with target.start(export, sockdir, logs / f"{tag}.server.log", memory_mb) as running:
+        trace = out / f"trace-{tag}.json" if trace_vhost and target.kind == "vhost" else None
+        with target.start(export, sockdir, logs / f"{tag}.server.log", trace) as running:
             spy = _start_py_spy(running.pid, out / f"profile-{tag}.txt") if profile and running.pid else None
             console = logs / f"{tag}.console.log"
             console.unlink(missing_ok=True)
@@ -207,7 +214,7 @@ def run_one(target: Target, rep: int, params: Params, image: GuestImage, tar: Pa
             with sampler:
                 res = run_guest(WORKLOAD_SCRIPT.read_text(), share=running.share, env=params.env(),
                                 timeout=timeout, image=image, memory_mb=memory_mb,
-                                qemu_args=running.qemu_args, console_log=console)
+                                qemu=running.qemu, console_log=console)
             cpu1 = process_cpu_seconds(running.pid)
             if spy is not None:  # py-spy writes its stacks on SIGINT
                 spy.send_signal(signal.SIGINT)
@@ -253,7 +260,8 @@ def _start_py_spy(pid: int, raw: Path) -> subprocess.Popen[bytes] | None:
 
 
 def run_all(targets: Sequence[Target], params: Params, reps: int, out: Path, memory_mb: int,
-            timeout: float, profile: bool, variant_reps: int = 1, log=print) -> list[RunRecord]:
+            timeout: float, profile: bool, variant_reps: int = 1, log=print,
+            trace_vhost: bool = False) -> list[RunRecord]:
     image = GuestImage.ensure()
     work = Path(tempfile.mkdtemp(prefix="ninep-bench-", dir="/var/tmp"))
     records: list[RunRecord] = []
@@ -268,7 +276,7 @@ def run_all(targets: Sequence[Target], params: Params, reps: int, out: Path, mem
                     continue
                 t0 = time.monotonic()
                 rec = run_one(target, rep, params, image, tar, work, out, memory_mb, timeout,
-                              profile and target.name == "ninep")
+                              profile and target.name in ("ninep", "ninep-vhost"), trace_vhost)
                 records.append(rec)
                 status = "ok" if rec.ok else "FAILED"
                 log(f"  rep {rep + 1}/{reps} {target.name:<22} {status} in {time.monotonic() - t0:5.0f}s"
@@ -297,7 +305,15 @@ def _wall_seconds(rec: RunRecord, key: str, params: Params) -> float | None:
 def render(records: Sequence[RunRecord], params: Params, targets: Sequence[Target],
            notes: Sequence[str], out: Path, reps: int) -> str:
     names = [t.name for t in targets]
-    main = [n for n in ("ninep", "diod", "qemu", "ninep-vhost") if n in names]
+    # The comparisons whose both sides ran, then --ab copies against their original.
+    pairs = [(o, a) for o, a in COMPARISONS if o in names and a in names]
+    for t in targets:
+        if t.pythonpath is not None:
+            base = t.name.split("@", 1)[0]
+            if base in names:
+                pairs.append((base, t.name))
+    main = list(dict.fromkeys([n for pair in pairs for n in pair]
+                              + [n for n in names if not any(n == t.name and t.is_variant for t in targets)]))
     variants = [t.name for t in targets if t.is_variant]
     rows_m = metrics(params)
     lines = [
@@ -305,21 +321,23 @@ def render(records: Sequence[RunRecord], params: Params, targets: Sequence[Targe
         f"{params.size_mib} MiB, TCG guest, 1 vCPU)",
         "",
         "Times are medians [min–max] over repetitions, measured inside the guest. "
-        "**Ratio = anchor time / ninep time: > 1 means ninep is faster.** ninep and diod use "
-        "trans=fd over virtio-serial; qemu is QEMU's built-in virtio-9p (local, passthrough).",
+        "**Ratio = anchor time / ours: > 1 means the first-named server is faster.** ninep and diod use "
+        "trans=fd over virtio-serial; qemu is Debian's QEMU's built-in virtio-9p (local, passthrough); "
+        "ninep-vhost is ninep attached over vhost-user by QEMU >= 10.2 and qemu-10.2 is the built-in "
+        "virtio-9p of that same binary (same q35 machine, same shared guest RAM). A name@COPY is "
+        "another copy of the package (--ab), against this tree's run of the same kind.",
         "",
     ]
-    header = ["workload", "unit", *main, *(f"ninep vs {a}" for a in main if a != "ninep")]
+    header = ["workload", "unit", *main, *(f"{o} vs {a}" for o, a in pairs)]
     rows = []
-    chart_series: dict[str, list[float | None]] = {f"vs {a}": [] for a in main if a != "ninep"}
+    chart_series: dict[str, list[float | None]] = {f"{o} vs {a}": [] for o, a in pairs}
     for m in rows_m:
-        cells = [summaries(records, n, m.key) for n in main]
-        ours = cells[0]
-        row = [m.label, m.unit, *("–" if c is None else c.cell() for c in cells)]
-        for a, c in zip(main[1:], cells[1:]):
-            r = ratio(c, ours)
+        cells = {n: summaries(records, n, m.key) for n in main}
+        row = [m.label, m.unit, *("–" if cells[n] is None else cells[n].cell() for n in main)]
+        for o, a in pairs:
+            r = ratio(cells[a], cells[o])
             row.append(fmt_ratio(r))
-            chart_series[f"vs {a}"].append(r)
+            chart_series[f"{o} vs {a}"].append(r)
         rows.append(row)
     lines += [markdown_table(header, rows), ""]
 
@@ -384,9 +402,7 @@ def render(records: Sequence[RunRecord], params: Params, targets: Sequence[Targe
 
     labels = [m.label for m in rows_m]
     if chart_series:
-        targets_for = {"vs diod": [1.0] * len(rows_m),
-                       "vs qemu": [1.0 if m.key.startswith("seq") else 0.8 if m.key.startswith("meta") else None
-                                   for m in rows_m]}
+        targets_for = {"ninep vs diod": [1.0] * len(rows_m), f"ninep-vhost vs {COMPARISONS[2][1]}": [1.0] * len(rows_m)}
         ratio_chart(out / "guest_compare.png", "ninep vs anchors (anchor time / ninep time; > 1: ninep faster)",
                     labels, chart_series, "ratio (median)", targets_for)
         lines.append(f"Chart: {out / 'guest_compare.png'}")
@@ -404,8 +420,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--untar-files", type=int, default=600)
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma list of {', '.join(WORKLOADS)}")
     ap.add_argument("--servers", default="all",
-                    help="comma list of target names (ninep, diod, qemu, ninep-vhost, ninep[local/none], ...)")
+                    help="comma list of target names (ninep, diod, qemu, ninep-vhost, qemu-10.2, "
+                         "ninep[local/none], ...)")
     ap.add_argument("--no-variants", action="store_true", help="skip ninep's other back ends and models")
+    ap.add_argument("--floor", action="store_true",
+                    help="also run ninep-vhost[floor]: vhost-user on an in-memory back end that makes "
+                         "no host syscall (the transport's floor)")
     ap.add_argument("--variant-reps", type=int, default=1,
                     help="repetitions of the back-end/model variants (default 1, to fit the time)")
     ap.add_argument("--memory-mb", type=int, default=768, help="guest RAM")
@@ -416,6 +436,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                          "tree's, every rep: a before/after in one run; may be repeated")
     ap.add_argument("--profile", action="store_true",
                     help="py-spy record the ninep server (profile-*.txt, summarised on the console)")
+    ap.add_argument("--trace", action="store_true",
+                    help="stamp every vhost-user request's stages (bench.vq_trace): trace-*.json, "
+                         "summarised with python -m bench.vq_trace --summary")
     ap.add_argument("--from-json", type=Path, help="only redraw tables and charts from a saved guest_compare.json")
     args = ap.parse_args(argv)
     args.workloads = tuple(w for w in args.workloads.split(",") if w)
@@ -450,12 +473,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     params = Params(args.size_mib, args.meta_files, args.list_files, args.rand_ops, args.untar_files,
                     args.workloads)
-    targets, notes = all_targets(with_variants=not args.no_variants)
+    targets, notes = all_targets(with_variants=not args.no_variants, with_floor=args.floor)
     for copy in args.ab:
         if not (copy / "ninep" / "__init__.py").exists():
             print(f"--ab: {copy} holds no ninep package", file=sys.stderr)
             return 2
-        targets.append(Target(f"ninep@{copy.resolve().name}", "ninep", pythonpath=str(copy.resolve())))
+        name = copy.resolve().name
+        targets.append(Target(f"ninep@{name}", "ninep", pythonpath=str(copy.resolve())))
+        if any(t.kind == "vhost" for t in targets):
+            targets.append(Target(f"ninep-vhost@{name}", "vhost", pythonpath=str(copy.resolve())))
     if args.servers != "all":
         wanted = args.servers.split(",")
         unknown = set(wanted) - {t.name for t in targets}
@@ -469,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"note: {n}")
     t0 = time.monotonic()
     records = run_all(targets, params, args.reps, args.out, args.memory_mb, args.timeout, args.profile,
-                      args.variant_reps)
+                      args.variant_reps, trace_vhost=args.trace)
     text = render(records, params, targets, notes, args.out, args.reps)
     text += f"\nTotal wall time {time.monotonic() - t0:.0f}s.\n"
     (args.out / "guest_compare.md").write_text(text)

@@ -1,10 +1,16 @@
 """The 9p servers the guest benchmark compares, each as a context manager.
 
-Every target yields a :class:`Running`: the share the guest mounts and the
+Every target yields a :class:`Running`: the share the guest mounts, the
 host pid whose CPU time is the server's (None where the server lives inside
-QEMU). ninep and diod both reach the guest through ``trans=fd`` over
-virtio-serial, so they pay the same transport; QEMU's own virtio-9p is the
-in-QEMU anchor.
+QEMU) and the QEMU binary to boot. Two comparisons run side by side:
+
+* trans=fd: ninep and diod both reach the guest over virtio-serial, so they
+  pay the same transport (Debian's QEMU; its built-in virtio-9p, ``qemu``,
+  is shown for reference);
+* vhost-user: ``ninep-vhost`` is attached by QEMU >= 10.2
+  (``scripts/build-qemu``) and compared with the built-in virtio-9p of the
+  *same* binary, ``qemu-10.2``, on the same q35 machine with the same shared
+  guest RAM.
 """
 
 from __future__ import annotations
@@ -19,9 +25,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.e2e import servers as e2e_servers
-from tests.e2e.guest import QEMU, FdSocketShare, FdTcpShare, GuestError, Share, VirtioLocalShare, _qemu_opt, wait_for_listener
+from tests.e2e.guest import (
+    FdSocketShare,
+    FdTcpShare,
+    GuestError,
+    Share,
+    VhostUserShare,
+    VirtioLocalShare,
+    vhost_qemu,
+    wait_for_listener,
+)
 
 REPO = Path(__file__).resolve().parents[1]
+#: QEMU >= 10.2's built-in virtio-9p: the anchor of ninep over vhost-user.
+NEW_QEMU = "qemu-10.2"
+#: (ours, anchor) pairs the report gives ratios for.
+COMPARISONS = (("ninep", "diod"), ("ninep", "qemu"), ("ninep-vhost", NEW_QEMU))
+#: The measurement-only back end (bench/floor_backend.py) and its target.
+FLOOR = "floor"
+FLOOR_TARGET = "ninep-vhost[floor]"
 #: ninep back ends and security models benchmarked against each other.
 SECURITY_MODELS = ("passthrough", "mapped-xattr", "mapped-file", "none")
 
@@ -32,8 +54,8 @@ class Running:
 
     share: Share
     pid: int | None
-    #: QEMU arguments the server needs besides the share's (vhost-user memory)
-    qemu_args: tuple[str, ...] = ()
+    #: the QEMU binary to boot (None: Debian's on PATH)
+    qemu: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,36 +68,49 @@ class Target:
     model: str | None = "passthrough"
     #: run the server from another copy of the package (``--ab``: before/after in one run)
     pythonpath: str | None = None
+    #: boot QEMU >= 10.2 (vhost_qemu()) instead of Debian's
+    new_qemu: bool = False
+    #: workloads this target cannot run (the floor back end keeps no data: no untar)
+    skip_workloads: tuple[str, ...] = ()
 
     @property
     def is_variant(self) -> bool:
         """One of ninep's other back ends / security models (not the main comparison)."""
-        return self.kind == "ninep" and self.name != "ninep"
+        return self.kind == "ninep" and self.name != "ninep" and self.pythonpath is None
 
     @contextlib.contextmanager
-    def start(self, export: Path, sockdir: Path, log: Path, memory_mb: int = 768) -> Iterator[Running]:
+    def start(self, export: Path, sockdir: Path, log: Path, trace: Path | None = None) -> Iterator[Running]:
+        """Start the server; *trace* (vhost-user targets) records bench.vq_trace stamps there."""
+        qemu = vhost_qemu() if self.new_qemu or self.kind == "vhost" else None
         if self.kind == "qemu":
-            yield Running(VirtioLocalShare(str(export), self.model or "passthrough"), None)
+            yield Running(VirtioLocalShare(str(export), self.model or "passthrough"), None, qemu)
         elif self.kind == "diod":
             with _diod(export, log) as running:
                 yield running
         elif self.kind in ("ninep", "vhost"):
-            with _ninep(self, export, sockdir, log, memory_mb) as running:
+            with _ninep(self, export, sockdir, log, qemu, trace if self.kind == "vhost" else None) as running:
                 yield running
         else:  # pragma: no cover - targets are built by all_targets()
             raise ValueError(f"unknown server kind {self.kind}")
 
 
-def ninep_command(target: Target, export: Path, listen: list[str]) -> list[str]:
-    cmd = [sys.executable, "-m", "ninep", "--export", str(export), "--backend", target.backend,
-           "--log-level", "warning", *listen]
+def ninep_command(target: Target, export: Path, listen: list[str], trace: Path | None = None) -> list[str]:
+    options = ["--export", str(export), "--log-level", "warning", *listen]
+    if target.backend != FLOOR:
+        options += ["--backend", target.backend]
     if target.backend == "local" and target.model:
-        cmd += ["--security-model", target.model]
-    return cmd
+        options += ["--security-model", target.model]
+    if trace is not None:  # the same server with its virtqueue stages stamped
+        return [sys.executable, "-m", "bench.vq_trace", str(trace), "--", *options,
+                *(["--floor"] if target.backend == FLOOR else [])]
+    if target.backend == FLOOR:  # the in-memory back end: ninep's transport and session alone
+        return [sys.executable, "-m", "bench.floor_server", *options]
+    return [sys.executable, "-m", "ninep", *options]
 
 
 @contextlib.contextmanager
-def _ninep(target: Target, export: Path, sockdir: Path, log: Path, memory_mb: int) -> Iterator[Running]:
+def _ninep(target: Target, export: Path, sockdir: Path, log: Path, qemu: str | None,
+           trace: Path | None) -> Iterator[Running]:
     sock = str(sockdir / f"{target.kind}.sock")
     if target.kind == "vhost":
         listen = ["--socket-path", sock, "--tag", "ninep0"]
@@ -85,17 +120,16 @@ def _ninep(target: Target, export: Path, sockdir: Path, log: Path, memory_mb: in
     env = dict(os.environ)
     if target.pythonpath:
         env["PYTHONPATH"] = target.pythonpath
+    elif target.backend == FLOOR or trace is not None:
+        env["PYTHONPATH"] = str(REPO)
     with open(log, "ab") as logf:
-        proc = subprocess.Popen(ninep_command(target, export, listen), stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(ninep_command(target, export, listen, trace), stdin=subprocess.DEVNULL,
                                 stdout=logf, stderr=subprocess.STDOUT, cwd=sockdir, env=env)
     try:
         # vhost-user: QEMU's own connection must be the first one.
         wait_for_listener(sock, timeout=30, proc=proc, probe=target.kind != "vhost")
         if target.kind == "vhost":
-            # vhost-user needs the guest RAM in a shared memfd the back end can map.
-            yield Running(VhostUserShare(sock), proc.pid, (
-                "-object", f"memory-backend-memfd,id=vumem,size={memory_mb}M,share=on",
-                "-numa", "node,memdev=vumem"))
+            yield Running(VhostUserShare(sock, tag="ninep0"), proc.pid, qemu)
         else:
             yield Running(FdSocketShare(sock), proc.pid)
     finally:
@@ -122,35 +156,12 @@ def _diod(export: Path, log: Path) -> Iterator[Running]:
         e2e_servers.stop(server.proc)
 
 
-@dataclasses.dataclass(frozen=True)
-class VhostUserShare(Share):
-    """virtio-9p served by ninep over vhost-user (needs QEMU >= 10.2).
-
-    Adapter local to the benchmark: tests/e2e/guest.py has no vhost-user
-    share yet. The guest RAM must be a shared memfd (see ``Running.qemu_args``).
-    Untested on this machine (QEMU 7.2 has no vhost-user-test-device).
-    """
-
-    socket_path: str
-    kind = "virtio"
-
-    def qemu_args(self, index: int, tag: str) -> list[str]:
-        config_size = 2 + len(tag.encode())
-        return [
-            "-chardev", f"socket,id=vu{index},path={_qemu_opt(self.socket_path)}",
-            "-device", f"vhost-user-test-device-pci,chardev=vu{index},virtio-id=9,num_vqs=1,"
-                       f"config_size={config_size}",
-        ]  # fmt: skip
-
-
 def vhost_user_available() -> tuple[bool, str]:
-    """Whether the QEMU on PATH can attach a vhost-user 9p back end, and why not."""
-    if shutil.which(QEMU) is None:
-        return False, f"{QEMU} not found"
-    version = subprocess.run([QEMU, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
-    devices = subprocess.run([QEMU, "-device", "help"], capture_output=True, text=True).stdout
-    if "vhost-user-test-device" not in devices:
-        return False, f"{version.strip()} has no vhost-user-test-device (needs QEMU >= 10.2)"
+    """Whether QEMU >= 10.2 is installed to attach a vhost-user 9p back end, and why not."""
+    qemu = vhost_qemu()
+    if qemu is None:
+        return False, "no QEMU >= 10.2 with vhost-user-test-device-pci (run scripts/build-qemu)"
+    version = subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     return True, version.strip()
 
 
@@ -158,8 +169,12 @@ def proxy_backend_available() -> bool:
     return (REPO / "ninep" / "backends" / "proxy.py").exists()
 
 
-def all_targets(with_variants: bool = True) -> tuple[list[Target], list[str]]:
-    """The targets to run here, and notes on the ones that cannot be."""
+def all_targets(with_variants: bool = True, with_floor: bool = False) -> tuple[list[Target], list[str]]:
+    """The targets to run here, and notes on the ones that cannot be.
+
+    *with_floor* adds ninep over vhost-user on the in-memory floor back end
+    (the transport's floor: no host syscalls).
+    """
     notes = []
     targets = [Target("ninep", "ninep"), Target("diod", "diod"), Target("qemu", "qemu")]
     if shutil.which(e2e_servers.DIOD) is None:
@@ -167,7 +182,9 @@ def all_targets(with_variants: bool = True) -> tuple[list[Target], list[str]]:
         notes.append("diod: not installed (Debian package diod); no diod anchor")
     ok, why = vhost_user_available()
     if ok:
-        targets.append(Target("ninep-vhost", "vhost"))
+        targets += [Target("ninep-vhost", "vhost"), Target(NEW_QEMU, "qemu", new_qemu=True)]
+        if with_floor:
+            targets.append(Target(FLOOR_TARGET, "vhost", backend=FLOOR, model=None, skip_workloads=("untar",)))
     else:
         notes.append(f"ninep over vhost-user: not run, {why}")
     if with_variants:

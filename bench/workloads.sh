@@ -5,7 +5,7 @@
 #   list/       BENCH_LIST_FILES empty files, for the directory listing
 #   src.tar     the untar source (a few thousand files of mixed sizes)
 # Knobs (environment): BENCH_WORKLOADS (names below, space separated),
-# BENCH_SIZE_MIB, BENCH_META_FILES, BENCH_LIST_FILES, BENCH_RAND_OPS.
+# BENCH_SIZE_MIB, BENCH_META_FILES, BENCH_LIST_FILES, BENCH_RAND_OPS, BENCH_PAR_PROCS.
 #
 # Every timed step runs after caches are dropped and prints BENCH-START <name>
 # before and BENCH-RESULT <name> <nanoseconds> after (the host samples the
@@ -130,6 +130,51 @@ meta_unlink() {
     rm -f ./f*
 }
 
+# --- several guest processes at once ------------------------------------------------------
+# BENCH_PAR_PROCS processes, each on its own file or directory, so requests
+# from several processes are in flight on the one channel at once (a server
+# that batches or overlaps them shows it here): each writes then reads
+# 1/PROCS of BENCH_SIZE_MIB with 256 KiB requests, then each creates, stats
+# and unlinks 1/PROCS of BENCH_META_FILES.
+
+BENCH_PAR_PROCS=${BENCH_PAR_PROCS:-4}
+
+# in_parallel FUNC: FUNC 0 .. FUNC PROCS-1 as background jobs; fails if any did.
+in_parallel() {
+    _i=0 _pids=""
+    while [ "$_i" -lt "$BENCH_PAR_PROCS" ]; do
+        "$1" "$_i" &
+        _pids="$_pids $!"
+        _i=$((_i + 1))
+    done
+    for _p in $_pids; do
+        wait "$_p" || fail "$1: a parallel job failed"
+    done
+}
+
+par_write_one() {
+    dd if=/dev/zero of="$BENCH_TOP/par$1.dat" bs=256k count=$((BENCH_SIZE_MIB * 4 / BENCH_PAR_PROCS)) \
+        conv=fsync 2>/dev/null
+}
+
+par_read_one() {
+    dd if="$BENCH_TOP/par$1.dat" of=/dev/null bs=256k 2>/dev/null
+}
+
+par_meta_one() {
+    mkdir "$BENCH_TOP/pm$1"
+    cd "$BENCH_TOP/pm$1"
+    _j=0
+    while [ "$_j" -lt $((BENCH_META_FILES / BENCH_PAR_PROCS)) ]; do
+        : >"f$_j"
+        _j=$((_j + 1))
+    done
+    ls -l . >/dev/null
+    rm -f ./f*
+    cd "$BENCH_TOP"
+    rmdir "$BENCH_TOP/pm$1"
+}
+
 # --- untar ---------------------------------------------------------------------------------
 
 untar() {
@@ -157,6 +202,12 @@ if wants metadata; then
     cd "$BENCH_TOP"
 fi
 wants listdir && timed listdir list_dir "$BENCH_TOP/list" "$BENCH_LIST_FILES"
+if wants parallel; then
+    timed par_write in_parallel par_write_one
+    timed par_read in_parallel par_read_one
+    timed par_meta in_parallel par_meta_one
+    rm -f "$BENCH_TOP"/par*.dat
+fi
 if wants untar; then
     cp "$BENCH_TOP/src.tar" /tmp/src.tar
     timed untar untar

@@ -125,8 +125,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = None) -> None:
-    backend = make_backend(args)
+async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = None,
+                backend: Backend | None = None) -> None:
+    """Serve until SIGINT/SIGTERM; *backend* replaces the one the options describe."""
+    backend = backend if backend is not None else make_backend(args)
     config = SessionConfig(msize=args.msize, readonly=args.readonly, max_fids=args.max_fids,
                            max_inflight=args.max_inflight, max_xattr_size=args.max_xattr_size)
     servers: list[StreamServer] = []
@@ -177,7 +179,9 @@ def _one_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None,
+         backend_factory: Callable[[argparse.Namespace], Backend] | None = None) -> int:
+    """The ``ninep`` command; *backend_factory* (for benchmarks) builds the back end instead."""
     try:
         args = parse_args(argv)
     except UsageError as exc:
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency
         runner = asyncio.run
     try:
-        runner(serve(args))
+        runner(serve(args, backend=backend_factory(args) if backend_factory else None))
     except (ValueError, OSError) as exc:
         print(f"ninep: error: {_one_line(exc)}", file=sys.stderr)
         return 2

@@ -7,8 +7,8 @@ split virtqueue in it (descriptor table, avail and used rings, EVENT_IDX,
 direct or indirect chains); ``VirtioNinePDriver`` speaks 9P through it.
 
 ``FakeVirtqueue`` wires all that to an in-process
-:class:`~ninep.transport.virtqueue.SplitVirtqueue` on its own
-:class:`~ninep.transport.memory.GuestMemory` mapping of the same memfd, so a
+:class:`~ninep.transport.vhost.virtqueue.SplitVirtqueue` on its own
+:class:`~ninep.transport.vhost.memory.GuestMemory` mapping of the same memfd, so a
 library user can unit-test a request handler or a Session through the ring::
 
     async with FakeVirtqueue(session.submit) as fv:
@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..protocol import ninep as p
-from ..transport.memory import GuestMemory, MemoryRegion
-from ..transport.virtqueue import (DESC, USED_ELEM, VIRTQ_AVAIL_F_NO_INTERRUPT,
-                                   VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
-                                   RequestHandler, SplitVirtqueue, ring_sizes, vring_need_event)
+from ..transport.vhost.memory import GuestMemory, MemoryRegion
+from ..transport.vhost.virtqueue import (DESC, USED_ELEM, VIRTQ_AVAIL_F_NO_INTERRUPT,
+                                         VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
+                                         VIRTQ_DESC_F_WRITE, RequestHandler, SplitVirtqueue,
+                                         ring_sizes, vring_need_event)
 
 _U16 = struct.Struct("<H")
 _PAGE = 4096

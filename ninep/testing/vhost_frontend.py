@@ -19,10 +19,11 @@ import struct
 import time
 from collections.abc import Sequence
 
-from ..transport.memory import REGION, MemoryRegion
-from ..transport.vhost_user import (CONFIG_HEADER, VIRTIO_RING_F_EVENT_IDX, FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION,
-                                    HEADER, MEMORY_HEADER, U64, VRING_ADDR, VRING_NOFD_MASK,
-                                    VRING_STATE, Request, request_name)
+from ..transport.vhost.memory import REGION, MemoryRegion
+from ..transport.vhost.messages import (CONFIG_HEADER, FLAG_NEED_REPLY, FLAG_REPLY, FLAG_VERSION,
+                                        HEADER, MEMORY_HEADER, U64, VIRTIO_RING_F_EVENT_IDX,
+                                        VRING_ADDR, VRING_NOFD_MASK, VRING_STATE, Request,
+                                        request_name)
 from .fake_virtqueue import DriverQueue, GuestRam, VirtioNinePDriver
 
 #: Message flags QEMU uses: plain, or with need_reply (REPLY_ACK negotiated).

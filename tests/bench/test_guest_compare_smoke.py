@@ -11,7 +11,7 @@ import pytest
 
 from bench import guest_compare
 from tests.e2e.guest import missing_host_tools
-from tests.e2e.servers import require
+from tests.e2e.servers import require, require_vhost_qemu
 
 pytestmark = pytest.mark.e2e
 
@@ -20,20 +20,21 @@ def test_guest_compare_tiny_run(tmp_path: Path, capsys) -> None:
     missing = missing_host_tools()
     require(not missing, f"missing host tools: {', '.join(missing)}")
     require(shutil.which("diod") is not None, "diod is not installed (Debian package diod)")
-    servers = "ninep,diod,qemu,ninep[local/none]"
+    require_vhost_qemu()
+    servers = "ninep,diod,qemu,ninep-vhost,qemu-10.2,ninep[local/none]"
     rc = guest_compare.main(["--size-mib", "4", "--reps", "1", "--meta-files", "20", "--list-files", "50",
                              "--rand-ops", "10", "--untar-files", "20", "--servers", servers,
                              "--timeout", "300", "--out", str(tmp_path)])
     printed = capsys.readouterr().out
     assert rc == 0, printed
     table = (tmp_path / "guest_compare.md").read_text()
-    assert "ninep vs diod" in table and "ninep vs qemu" in table
-    assert "> 1 means ninep is faster" in table
+    assert "ninep vs diod" in table and "ninep vs qemu" in table and "ninep-vhost vs qemu-10.2" in table
+    assert "> 1 means the first-named server is faster" in table
     for label in ("seq write 4 MiB", "seq read 4 MiB", "4 KiB read QD1", "create 20 files",
-                  "list a 50-entry dir", "untar 20 mixed files", "metadata total"):
+                  "list a 50-entry dir", "untar 20 mixed files", "metadata total",
+                  "4 processes read 4 MiB", "4 processes create+stat+unlink 20 files"):
         assert label in table
     assert "ninep[local/none] vs local/passthrough" in table
-    assert "vhost-user" in table  # run, or said why not
     runs = json.loads((tmp_path / "guest_compare.json").read_text())["runs"]
     assert {r["target"] for r in runs} == set(servers.split(","))
     assert all(r["ok"] for r in runs)

@@ -20,8 +20,10 @@ from tests.e2e.guest import GuestError, GuestImage, missing_host_tools  # noqa: 
 from tests.e2e.servers import (  # noqa: E402
     DiodServer,
     NinepServer,
+    Serve,
     free_tcp_port,
     require,
+    require_vhost_qemu,
     start_diod,
     start_proxy_helper,
     stop,
@@ -92,12 +94,17 @@ def proxy_helper(export_dir: Path, sock_dir: Path) -> Iterator[str]:
 @pytest.fixture
 def ninep_server(export_dir: Path, sock_dir: Path, tmp_path: Path,
                  request: pytest.FixtureRequest) -> Iterator[NinepServer]:
-    """ninep serving ``export_dir`` on a Unix socket; extra CLI args via indirect param.
+    """ninep serving ``export_dir`` on a Unix socket; the indirect param is its
+    extra CLI args, or a :class:`Serve` (args and transport, e.g. ``vhost(...)``).
 
     It must exit 0 on SIGTERM and never log a traceback.
     """
-    extra = getattr(request, "param", ())
-    server = NinepServer(export_dir, sock_dir / "ninep.sock", tmp_path / "ninep.log", *extra)
+    param = getattr(request, "param", ())
+    spec = param if isinstance(param, Serve) else Serve(tuple(param))
+    if spec.transport == "vhost":
+        require_vhost_qemu()
+    server = NinepServer(export_dir, sock_dir / "ninep.sock", tmp_path / "ninep.log", *spec.args,
+                         transport=spec.transport)
     yield server
     assert server.stop() == 0, server.output()
     assert "Traceback" not in server.output(), server.output()

@@ -21,6 +21,11 @@ Shares (the first is mounted on ``/mnt``, the next on ``/mnt1``, ...):
 * :class:`VirtioLocalShare` -- QEMU's built-in virtio-9p, ``-fsdev local``.
 * :class:`VirtioProxyShare` -- virtio-9p with ``-fsdev proxy`` (QEMU is the
   client of a proxy helper on a Unix socket or an inherited fd).
+* :class:`VhostUserShare` -- a vhost-user virtio-9p back end (ninep with
+  ``--socket-path``) attached through QEMU >= 10.2's
+  ``vhost-user-test-device-pci``. It needs the QEMU that
+  ``scripts/build-qemu`` installs (:func:`vhost_qemu`); a run with such a
+  share boots that QEMU on q35 with the guest RAM in a shared memfd.
 
 Example::
 
@@ -92,7 +97,9 @@ __all__ = [
     "FdTcpShare",
     "VirtioLocalShare",
     "VirtioProxyShare",
+    "VhostUserShare",
     "Share",
+    "vhost_qemu",
     "run_guest",
     "run_guest_async",
     "run_smoke",
@@ -112,9 +119,11 @@ SMOKE_SCRIPT = E2E_DIR / "smoke.sh"
 DEFAULT_CACHE = "/var/tmp/ninep-e2e"
 DEFAULT_MSIZE = 512000  # the largest msize trans=virtio accepts on 6.1
 QEMU = "qemu-system-x86_64"
+#: Where scripts/build-qemu installs QEMU >= 10.2 (override: $NINEP_QEMU_PREFIX).
+VHOST_QEMU_PREFIX = "/var/cache/ninep/qemu-10.2"
 
 #: Modules the guest loads (with their dependencies) at boot.
-GUEST_MODULES = ("9p", "9pnet", "9pnet_fd", "9pnet_virtio", "virtio_console", "virtio_pci")
+GUEST_MODULES = ("9p", "9pnet", "9pnet_fd", "9pnet_virtio", "virtio_console", "virtio_pci", "virtio_rng")
 #: Non-busybox binaries in every image (found on the host's PATH).
 GUEST_BINARIES = ("setfattr", "getfattr", "date")
 
@@ -151,6 +160,12 @@ class Share:
     mount: bool = dataclasses.field(default=True, kw_only=True)
 
     kind = "?"
+    #: the guest RAM must be a shared memfd a back end outside QEMU can map
+    needs_shared_memory = False
+
+    def mount_tag(self, index: int) -> str:
+        """The tag (virtio-9p) or port name (trans=fd) of share number *index*."""
+        return f"ninep.{index}" if self.kind == "fd" else f"ninep{index}"
 
     def qemu_args(self, index: int, tag: str) -> list[str]:  # pragma: no cover
         raise NotImplementedError
@@ -245,6 +260,46 @@ class VirtioProxyShare(Share):
             "-fsdev", f"proxy,id=ninepfs{index},{where}",
             "-device", f"virtio-9p-pci,fsdev=ninepfs{index},mount_tag={tag}",
         ]
+
+
+@dataclasses.dataclass(frozen=True)
+class VhostUserShare(Share):
+    """A vhost-user virtio-9p back end listening on the Unix socket ``socket_path``.
+
+    ``tag`` must be the back end's own mount tag (ninep's ``--tag``): QEMU's
+    generic device reads the config space from the back end and checks only
+    its size, ``2 + len(tag)``. The back end must already listen.
+    """
+
+    socket_path: str
+    tag: str = "ninep0"
+    #: descriptors per virtqueue (Linux's 9p driver posts at most 128 requests)
+    queue_size: int = 128
+    kind = "virtio"
+    needs_shared_memory = True
+
+    def mount_tag(self, index: int) -> str:
+        return self.tag
+
+    def qemu_args(self, index: int, tag: str) -> list[str]:
+        config_size = 2 + len(self.tag.encode())
+        return [
+            "-chardev", f"socket,id=vu9p{index},path={_qemu_opt(self.socket_path)}",
+            "-device", f"vhost-user-test-device-pci,chardev=vu9p{index},virtio-id=9,num_vqs=1,"
+                       f"vq_size={self.queue_size},config_size={config_size}",
+        ]  # fmt: skip
+
+
+def vhost_qemu() -> str | None:
+    """The QEMU >= 10.2 that can attach a vhost-user 9p back end, or None.
+
+    ``$NINEP_QEMU_VHOST`` names a binary; else ``scripts/build-qemu``'s
+    install under ``$NINEP_QEMU_PREFIX`` (default ``/var/cache/ninep/qemu-10.2``).
+    """
+    explicit = os.environ.get("NINEP_QEMU_VHOST")
+    prefix = os.environ.get("NINEP_QEMU_PREFIX") or VHOST_QEMU_PREFIX
+    path = explicit or os.path.join(prefix, "bin", QEMU)
+    return path if os.access(path, os.X_OK) else None
 
 
 def _qemu_opt(value: str) -> str:
@@ -607,6 +662,7 @@ def run_guest(
     pass_fds: Sequence[int] = (),
     workdir: str | None = None,
     console_log: str | os.PathLike[str] | None = None,
+    qemu: str | None = None,
 ) -> GuestResult:
     """Boot the guest, mount ``share`` (or several) and run ``script``.
 
@@ -618,10 +674,24 @@ def run_guest(
     ``qemu_args`` are appended to the QEMU command line, ``kernel_args`` to
     the kernel's, and ``pass_fds`` are inherited by QEMU (for ``sock_fd``).
     ``console_log`` also streams the console to that file as it arrives.
+    ``qemu`` is the QEMU binary; by default Debian's, or :func:`vhost_qemu`
+    when a share needs it. With :func:`vhost_qemu`'s binary the guest is a
+    q35 machine whose RAM is a shared memfd (so built-in and vhost-user
+    shares compare on the same machine).
     Never raises for a failed workload: inspect the result or ``.check()``.
     """
     image = image or GuestImage.ensure()
     shares: list[Share] = [] if share is None else [share] if isinstance(share, Share) else list(share)
+    if qemu is None and any(s.needs_shared_memory for s in shares):
+        qemu = vhost_qemu()
+        if qemu is None:
+            raise GuestError("a vhost-user share needs QEMU >= 10.2: run scripts/build-qemu")
+    machine_args: list[str] = []
+    if qemu is not None and qemu == vhost_qemu():
+        machine_args = [
+            "-object", f"memory-backend-memfd,id=guestram,size={memory_mb}M,share=on",
+            "-machine", "q35,memory-backend=guestram",
+        ]  # fmt: skip
 
     config = [f"E2E_NSHARES={len(shares)}\n"]
     args: list[str] = []
@@ -629,7 +699,7 @@ def run_guest(
         args += ["-device", "virtio-serial-pci,id=ninepser"]
     first_mnt = None
     for i, s in enumerate(shares):
-        tag = f"ninep.{i}" if s.kind == "fd" else f"ninep{i}"
+        tag = s.mount_tag(i)
         mnt = s.mountpoint or ("/mnt" if i == 0 else f"/mnt{i}")
         if i == 0:
             first_mnt = mnt
@@ -662,10 +732,10 @@ def run_guest(
             f.write(b"\0" * (-f.tell() % 512))
             f.write(overlay)
         cmd = [
-            _tool(QEMU) or QEMU, "-accel", "tcg", "-cpu", "max", "-m", str(memory_mb), "-smp", "1",
+            qemu or _tool(QEMU) or QEMU, "-accel", "tcg", "-cpu", "max", "-m", str(memory_mb), "-smp", "1",
             "-nodefaults", "-no-user-config", "-nographic", "-serial", "mon:stdio", "-no-reboot",
             "-kernel", str(image.kernel), "-initrd", str(initrd), "-append", cmdline.strip(),
-            *args, *qemu_args,
+            *machine_args, *args, *qemu_args,
         ]  # fmt: skip
         return _run_qemu(cmd, timeout=timeout, pass_fds=pass_fds, console_log=console_log)
 

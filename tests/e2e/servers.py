@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from ninep.testing.process import stop_process
-from tests.e2e.guest import GuestError, wait_for_listener
+from tests.e2e.guest import FdSocketShare, GuestError, Share, VhostUserShare, vhost_qemu, wait_for_listener
 
 DIOD = "diod"
 PROXY_HELPER = "/usr/lib/qemu/virtfs-proxy-helper"
@@ -106,24 +106,77 @@ def start_proxy_helper(export: Path, sock: str) -> subprocess.Popen[bytes]:
     return proc
 
 
-class NinepServer:
-    """``python -m ninep`` serving *export* on a Unix socket, for a guest's trans=fd."""
+@dataclass(frozen=True)
+class Serve:
+    """How a test wants ninep started: its extra CLI arguments and its transport.
 
-    def __init__(self, export: Path, sock: Path, log: Path, *extra: str) -> None:
+    ``transport`` is ``"fd"`` (a Unix socket the guest reaches by trans=fd over
+    virtio-serial) or ``"vhost"`` (ninep as QEMU's vhost-user back end, guest
+    trans=virtio; needs QEMU >= 10.2 from scripts/build-qemu).
+    """
+
+    args: tuple[str, ...] = ()
+    transport: str = "fd"
+
+    @property
+    def id(self) -> str:
+        words = [a for a in self.args if not a.startswith("--")] or ["default"]
+        return "-".join([*words, *(["vhost"] if self.transport == "vhost" else [])])
+
+
+def vhost(*args: str) -> Serve:
+    """ninep over vhost-user with these extra arguments."""
+    return Serve(tuple(args), "vhost")
+
+
+def require_vhost_qemu() -> str:
+    """The QEMU >= 10.2 binary (skip locally, fail in CI, when it is missing)."""
+    qemu = vhost_qemu()
+    require(qemu is not None, "QEMU >= 10.2 with vhost-user-test-device-pci (scripts/build-qemu)")
+    assert qemu is not None
+    return qemu
+
+
+class NinepServer:
+    """``python -m ninep`` serving *export* on the Unix socket *sock*.
+
+    With ``transport="fd"`` it listens for a guest's trans=fd (``--listen``);
+    with ``"vhost"`` it is a vhost-user back end (``--socket-path``, ``--tag``).
+    :meth:`share` is what the guest mounts.
+    """
+
+    TAG = "ninep0"
+
+    def __init__(self, export: Path, sock: Path, log: Path, *extra: str, transport: str = "fd") -> None:
         import sys
 
+        if transport not in ("fd", "vhost"):
+            raise ValueError(f"unknown transport {transport!r}")
         self.export = export
         self.sock = str(sock)
         self.log = log
-        self._logf = open(log, "wb")
+        self.transport = transport
+        listen = (["--listen", f"unix:{sock}"] if transport == "fd"
+                  else ["--socket-path", str(sock), "--tag", self.TAG])
+        self._logf = open(log, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ninep", "--export", str(export), "--listen", f"unix:{sock}", *extra],
+            [sys.executable, "-m", "ninep", "--export", str(export), *listen, *extra],
             stdin=subprocess.DEVNULL, stdout=self._logf, stderr=subprocess.STDOUT)
         try:
             wait_for_listener(self.sock, proc=self.proc, probe=False)
         except GuestError as e:
             self.stop()
             raise GuestError(f"{e}\n--- ninep log ---\n{self.output()}") from None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def share(self, **kwargs: str) -> Share:
+        """The share a guest mounts to reach this server (``mount_opts=...``)."""
+        if self.transport == "vhost":
+            return VhostUserShare(self.sock, tag=self.TAG, **kwargs)  # type: ignore[arg-type]
+        return FdSocketShare(self.sock, **kwargs)  # type: ignore[arg-type]
 
     def stop(self) -> int:
         """SIGTERM, then the exit status (ninep exits 0 on SIGTERM)."""

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.guest import FdSocketShare, GuestImage, run_guest
-from tests.e2e.servers import NinepServer, require
+from tests.e2e.guest import GuestImage, run_guest
+from tests.e2e.servers import NinepServer, Serve, require, vhost
 
 pytestmark = pytest.mark.e2e
 
@@ -56,13 +56,18 @@ _MD5 = re.compile(r"^FSX-MD5 model=(\w+) data=(\w+) size=(\d+)$", re.M)
 # ninep server arguments, extra 9p mount options, fsx flags.  cache=none
 # (the default) sends every read and write to the server; the page-cache
 # modes also get fsx -M (I/O through shared mmaps, written back by msync).
+PASSTHROUGH = ("--security-model", "passthrough")
 VARIANTS = [
-    pytest.param(("--security-model", "passthrough"), "", "", id="passthrough"),
-    pytest.param(("--security-model", "mapped-xattr"), "", "", id="mapped-xattr"),
+    pytest.param(Serve(PASSTHROUGH), "", "", id="passthrough"),
+    pytest.param(Serve(("--security-model", "mapped-xattr")), "", "", id="mapped-xattr"),
     # The guest page cache holds the data; drop_caches forces the re-read.
-    pytest.param(("--security-model", "passthrough"), "cache=loose", "-M", id="passthrough-cache-loose"),
+    pytest.param(Serve(PASSTHROUGH), "cache=loose", "-M", id="passthrough-cache-loose"),
     # Direct reads and writes, but mmaps go through the page cache.
-    pytest.param(("--security-model", "passthrough"), "cache=mmap", "-M", id="passthrough-cache-mmap"),
+    pytest.param(Serve(PASSTHROUGH), "cache=mmap", "-M", id="passthrough-cache-mmap"),
+    # The same three cache modes through vhost-user (the guest's virtqueue in shared memory).
+    pytest.param(vhost(*PASSTHROUGH), "", "", id="passthrough-vhost"),
+    pytest.param(vhost(*PASSTHROUGH), "cache=loose", "-M", id="passthrough-cache-loose-vhost"),
+    pytest.param(vhost(*PASSTHROUGH), "cache=mmap", "-M", id="passthrough-cache-mmap-vhost"),
 ]
 
 
@@ -89,7 +94,7 @@ def test_random_io_matches_model_after_drop_caches(fsx_image: GuestImage, ninep_
     seed = int(os.environ.get("NINEP_FSX_SEED", random.getrandbits(63)))
     env = {"FSX_OPS": str(ops), "FSX_SEED": str(seed), "FSX_MAXLEN": str(MAX_FILE_LEN),
            "FSX_MAXOP": str(MAX_OP_LEN), "FSX_FLAGS": fsx_flags}
-    res = run_guest(_SCRIPT, share=FdSocketShare(ninep_server.sock, mount_opts=mount_opts),
+    res = run_guest(_SCRIPT, share=ninep_server.share(mount_opts=mount_opts),
                     image=fsx_image, env=env, timeout=900)
     replay = f"replay with NINEP_FSX_SEED={seed} NINEP_FSX_OPS={ops}"
     assert res.exit_status == 0 and "FSX-OK" in res.workload_output, \
@@ -98,7 +103,7 @@ def test_random_io_matches_model_after_drop_caches(fsx_image: GuestImage, ninep_
     done = _summary(res.workload_output)
     md5 = _MD5.search(res.workload_output)
     assert done and md5, f"{replay}\n{res.describe()}"
-    print(f"\nfsx {' '.join(request.node.callspec.params['ninep_server'])} {mount_opts or 'cache=none'} "
+    print(f"\nfsx {request.node.callspec.params['ninep_server'].id} {mount_opts or 'cache=none'} "
           f"{fsx_flags}: {res.duration:.0f}s with boot\n" + " ".join(f"{k}={v}" for k, v in done.items()))
     assert int(done["ops"]) == ops and done["mismatches"] == "0" and int(done["seed"]) == seed
     model_md5, data_md5, size = md5.group(1), md5.group(2), int(md5.group(3))

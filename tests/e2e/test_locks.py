@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.guest import FdSocketShare, GuestImage, run_guest
-from tests.e2e.servers import NinepServer, require
+from tests.e2e.guest import GuestImage, run_guest
+from tests.e2e.servers import NinepServer, Serve, require, vhost
 
 pytestmark = pytest.mark.e2e
 
@@ -72,6 +72,7 @@ def _wait_for(path: Path, timeout: float = 300) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.parametrize("ninep_server", [Serve(), vhost()], ids=["fd", "vhost"], indirect=True)
 def test_guest_and_host_processes_see_each_others_locks(
         ninep_server: NinepServer, export_dir: Path, tmp_path: Path) -> None:
     require(shutil.which("gcc") is not None, "gcc is needed to build the guest's fcntl-lock tool")
@@ -101,7 +102,7 @@ def test_guest_and_host_processes_see_each_others_locks(
 
     watcher = threading.Thread(target=host_side, daemon=True)
     watcher.start()
-    res = run_guest(_SCRIPT, share=FdSocketShare(ninep_server.sock), image=image, timeout=900)
+    res = run_guest(_SCRIPT, share=ninep_server.share(), image=image, timeout=900)
     watcher.join(30)
     assert res.exit_status == 0 and "LOCKS-OK" in res.workload_output, \
         res.describe() + "\n--- ninep ---\n" + ninep_server.output()

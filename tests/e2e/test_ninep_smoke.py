@@ -1,9 +1,11 @@
-"""The real Linux 9p client against ninep: mount over trans=fd and run the POSIX smoke.
+"""The real Linux 9p client against ninep: mount it and run the POSIX smoke.
 
-The guest reaches ninep's Unix socket through a virtio-serial port (QEMU's
-``-chardev socket`` is the client, so ninep listens first).  Every smoke
-group must pass under every security model; a few guest-side checks then
-show each model storing owners and special files the way it defines.
+Over trans=fd the guest reaches ninep's Unix socket through a virtio-serial
+port (QEMU's ``-chardev socket`` is the client, so ninep listens first).
+Over vhost-user QEMU >= 10.2 attaches ninep as a virtio-9p device and the
+guest mounts with trans=virtio.  Every smoke group must pass under every
+security model; a few guest-side checks then show each model storing owners
+and special files the way it defines.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.guest import SMOKE_GROUPS, FdSocketShare, GuestImage, GuestResult, run_guest, run_smoke
-from tests.e2e.servers import NinepServer
+from tests.e2e.guest import SMOKE_GROUPS, GuestImage, GuestResult, run_guest, run_smoke
+from tests.e2e.servers import NinepServer, Serve, vhost
 
 pytestmark = pytest.mark.e2e
 
@@ -28,15 +30,18 @@ def _assert_all_pass(res: GuestResult, server: NinepServer) -> None:
     assert res.exit_status == 0, res.describe()
 
 
-@pytest.mark.parametrize("ninep_server", [("--security-model", m) for m in MODELS],
-                         ids=MODELS, indirect=True)
+#: Every model over trans=fd; passthrough and one mapped model over vhost-user.
+SMOKE_SERVERS = [Serve(("--security-model", m)) for m in MODELS] + [
+    vhost("--security-model", "passthrough"), vhost("--security-model", "mapped-xattr")]
+
+
+@pytest.mark.parametrize("ninep_server", SMOKE_SERVERS, ids=[s.id for s in SMOKE_SERVERS], indirect=True)
 def test_smoke_passes_under_every_model(e2e_image: GuestImage, ninep_server: NinepServer,
                                         request) -> None:
-    model = request.node.callspec.id
-    nfiles = 3000 if model == "passthrough" else 500  # the big listing once is enough
-    res = run_smoke(FdSocketShare(ninep_server.sock), nfiles=nfiles, image=e2e_image,
-                    timeout=1500)
-    print(f"smoke under {model}: {res.duration:.1f}s (boot {res.boot_time:.1f}s)")
+    name = request.node.callspec.id
+    nfiles = 3000 if name.startswith("passthrough") else 500  # the big listing once per transport
+    res = run_smoke(ninep_server.share(), nfiles=nfiles, image=e2e_image, timeout=1500)
+    print(f"smoke under {name}: {res.duration:.1f}s (boot {res.boot_time:.1f}s)")
     _assert_all_pass(res, ninep_server)
 
 
@@ -53,7 +58,7 @@ stat -c '%n %u %g %a %F' d f p c l
 def test_models_store_owners_and_special_files_as_defined(
         e2e_image: GuestImage, ninep_server: NinepServer, export_dir: Path, request) -> None:
     model = request.node.callspec.id
-    res = run_guest(_MODEL_PROBE, share=FdSocketShare(ninep_server.sock), image=e2e_image,
+    res = run_guest(_MODEL_PROBE, share=ninep_server.share(), image=e2e_image,
                     timeout=600)
     assert res.exit_status == 0, res.describe()
     guest = {line.split()[0]: line.split()[1:] for line in res.workload_output.splitlines()

@@ -11,8 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from ninep.protocol import ninep as p
-from ninep.transport.vhost_user import (DEVICE_FEATURES, FLAG_NEED_REPLY, FLAG_VERSION,
-                                        MEMORY_HEADER, U64, VRING_ADDR, VRING_STATE, Request)
+from ninep.transport.vhost.messages import (FLAG_NEED_REPLY, FLAG_VERSION, MEMORY_HEADER, U64,
+                                            VRING_ADDR, VRING_STATE, Request)
+from ninep.transport.vhost_user import DEVICE_FEATURES
 
 from security.harness import env_int
 

@@ -59,13 +59,14 @@ from ninep.protocol import ninep as p
 from ninep.server.session import SessionConfig
 from ninep.testing.fake_virtqueue import DriverQueue, GuestRam
 from ninep.testing.vhost_frontend import ACKED, PLAIN, VhostUserFrontend, VhostUserGuest
-from ninep.transport.memory import MemoryRegion
-from ninep.transport.vhost_user import (CONFIG_HEADER, DEVICE_FEATURES, FLAG_NEED_REPLY,
-                                        FLAG_REPLY, FLAG_VERSION, HEADER, MAX_FDS, MAX_PAYLOAD,
-                                        MEMORY_HEADER, U64, VRING_ADDR, VRING_NOFD_MASK,
-                                        VRING_STATE, Request, request_name, serve_vhost_user)
-from ninep.transport.virtqueue import (DESC, MAX_CHAIN, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
-                                       VIRTQ_DESC_F_WRITE, ring_sizes)
+from ninep.transport.vhost.memory import MemoryRegion
+from ninep.transport.vhost.messages import (CONFIG_HEADER, FLAG_NEED_REPLY, FLAG_REPLY,
+                                            FLAG_VERSION, HEADER, MAX_FDS, MAX_PAYLOAD,
+                                            MEMORY_HEADER, U64, VRING_ADDR, VRING_NOFD_MASK,
+                                            VRING_STATE, Request, request_name)
+from ninep.transport.vhost.virtqueue import (DESC, MAX_CHAIN, VIRTQ_DESC_F_INDIRECT,
+                                             VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, ring_sizes)
+from ninep.transport.vhost_user import DEVICE_FEATURES, serve_vhost_user
 
 from security.harness import Canary, fd_count, rss_kib
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ninep.transport.memory import GuestMemory, GuestMemoryError, MemoryRegion
+from ninep.transport.vhost.memory import GuestMemory, GuestMemoryError, MemoryRegion
 
 MIB = 1 << 20
 

@@ -16,9 +16,9 @@ from ninep.protocol import ninep as p
 from ninep.testing.fake_virtqueue import FakeVirtqueue, PendingRequest
 from ninep.testing.vhost_frontend import ACKED, VhostUserFrontend
 from ninep.transport.base import scatter
+from ninep.transport.vhost.virtqueue import (CHAINS_PER_PASS, MAX_CHAIN, VIRTQ_DESC_F_INDIRECT,
+                                             VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE)
 from ninep.transport.vhost_user import DEVICE_FEATURES
-from ninep.transport.virtqueue import (CHAINS_PER_PASS, MAX_CHAIN, VIRTQ_DESC_F_INDIRECT,
-                                       VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE)
 
 from test_virtqueue import Deferred, Echo, until
 from test_vhost_user import _mapped, count, eventfd, guest, server  # noqa: F401 (fixtures)

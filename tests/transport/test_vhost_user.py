@@ -16,12 +16,11 @@ from ninep.protocol import ninep as p
 from ninep.server.session import SessionConfig
 from ninep.testing.fake_virtqueue import split_sizes
 from ninep.testing.vhost_frontend import ACKED, PLAIN, VhostUserFrontend, VhostUserGuest
-from ninep.transport.memory import MemoryRegion
-from ninep.transport.virtqueue import VIRTQ_DESC_F_NEXT
-from ninep.transport.vhost_user import (CONFIG_HEADER, DEVICE_FEATURES, MEMORY_HEADER,
-                                        PROTOCOL_FEATURES, U64, VIRTIO_RING_F_EVENT_IDX,
-                                        VRING_STATE, Request, serve_vhost_user,
-                                        virtio_9p_config)
+from ninep.transport.vhost.memory import MemoryRegion
+from ninep.transport.vhost.messages import (CONFIG_HEADER, MEMORY_HEADER, PROTOCOL_FEATURES, U64,
+                                            VIRTIO_RING_F_EVENT_IDX, VRING_STATE, Request)
+from ninep.transport.vhost.virtqueue import VIRTQ_DESC_F_NEXT
+from ninep.transport.vhost_user import DEVICE_FEATURES, serve_vhost_user, virtio_9p_config
 
 KIB = 1024
 

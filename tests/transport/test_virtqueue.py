@@ -14,8 +14,8 @@ from ninep.protocol import ninep as p
 from ninep.server.session import Session, SessionConfig
 from ninep.testing.fake_virtqueue import FakeVirtqueue
 from ninep.transport.base import ReplySink, scatter
-from ninep.transport.virtqueue import (VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
-                                       VIRTQ_DESC_F_WRITE, SplitVirtqueue, VirtqueueError,
+from ninep.transport.vhost.virtqueue import (VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
+                                             VIRTQ_DESC_F_WRITE, SplitVirtqueue, VirtqueueError,
                                        vring_need_event)
 
 KIB = 1024

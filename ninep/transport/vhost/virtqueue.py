@@ -30,7 +30,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .base import ReplySink, scatter, slice_segments
+from ..base import ReplySink, scatter, slice_segments
 from .memory import GuestMemory, GuestMemoryError
 
 log = logging.getLogger("ninep.vhost.virtqueue")
