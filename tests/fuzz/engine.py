@@ -362,7 +362,7 @@ class FuzzStats(ResourceTotals):
         top_errors = ", ".join(f"{k} {v}" for k, v in self.errors.most_common())
         return (f"cases {self.cases}, frames {self.frames} in {self.seconds:.1f} s "
                 f"({rate:.0f} frames/s)\n"
-                f"replies: {top_replies}\nRlerror by errno: {top_errors}\nflushed: {self.flushed}\n"
+                f"replies: {top_replies}\nerror replies by errno: {top_errors}\nflushed: {self.flushed}\n"
                 f"fds before/after: {self.fds_before}/{self.fds_after}; RSS before/after: "
                 f"{self.rss_before_kib}/{self.rss_after_kib} KiB")
 

@@ -136,7 +136,7 @@ class VhostFuzzStats(ResourceTotals):
     kinds: Counter = field(default_factory=Counter)  # chain kind -> generated
     outcomes: Counter = field(default_factory=Counter)  # (kind, "broken"/"reply"/"empty")
     replies: Counter = field(default_factory=Counter)  # 9P reply type -> count
-    errors: Counter = field(default_factory=Counter)  # Rlerror errno / control failure kind
+    errors: Counter = field(default_factory=Counter)  # error reply errno / control failure kind
     episodes: Counter = field(default_factory=Counter)
     control: Counter = field(default_factory=Counter)  # "ack-ok", "ack-fail", "reply", "dropped"...
     refused: Counter = field(default_factory=Counter)  # control request -> failures answered
@@ -163,7 +163,7 @@ class VhostFuzzStats(ResourceTotals):
                 f"{outcome['empty']} returned with used.len 0\n"
                 f"chain kinds: {top(self.kinds)}\n"
                 f"why broken: {top(why_broken)}\n"
-                f"9P replies: {top(self.replies)}\nRlerror by errno: {top(errnos)}\n"
+                f"9P replies: {top(self.replies)}\nerror replies by errno: {top(errnos)}\n"
                 f"control outcomes: {top(self.control)}\n"
                 f"control refusals: {top(self.refused, 12)}\n"
                 f"ring episodes: {top(self.episodes)}\n"
