@@ -1,4 +1,4 @@
-"""A small async 9P2000.L client on the same codec, for tests and scripts.
+"""A small async 9P client on the same codec, for tests and scripts.
 
 >>> async with await Client.connect_unix("/run/ninep.sock") as c:
 ...     root = await c.attach()
@@ -6,7 +6,10 @@
 ...     data = await c.read(fid, 0, 4096)
 
 Requests may be issued concurrently; replies are matched by tag.  An Rlerror
-raises ``OSError(ecode)``.
+(or Rerror) raises ``OSError(ecode)``.  It speaks 9P2000.L unless told
+``version=dotu.VERSION_9P2000U`` (or ``"9P2000"``) at connect: then the
+replies decode in that dialect and :meth:`Client.topen`, :meth:`Client.tcreate`,
+:meth:`Client.stat`, :meth:`Client.wstat` and :meth:`Client.read_dir` apply.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import socket
 import struct
 from typing import Any
 
+from .protocol import dotu as u
 from .protocol import ninep as p
 
 _SIZE = struct.Struct("<I")
@@ -29,6 +33,8 @@ class Client:
         self.reader = reader
         self.writer = writer
         self.msize = 8192
+        #: The dialect the server agreed to (replies decode with it).
+        self.messages: p.MessageSet = p.DOTL
         self._tags = itertools.cycle(range(0, 0xFFFF))
         self._fids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
@@ -39,25 +45,28 @@ class Client:
     # --- connection -----------------------------------------------------------------
 
     @classmethod
-    async def connect_unix(cls, path: str, msize: int = 512000) -> Client:
+    async def connect_unix(cls, path: str, msize: int = 512000,
+                           version: str = p.VERSION_9P2000L) -> Client:
         r, w = await asyncio.open_unix_connection(path, limit=msize + 4096)
         c = cls(r, w)
-        await c.version(msize)
+        await c.version(msize, version)
         return c
 
     @classmethod
-    async def connect_tcp(cls, host: str, port: int, msize: int = 512000) -> Client:
+    async def connect_tcp(cls, host: str, port: int, msize: int = 512000,
+                          version: str = p.VERSION_9P2000L) -> Client:
         r, w = await asyncio.open_connection(host, port, limit=msize + 4096)
         c = cls(r, w)
-        await c.version(msize)
+        await c.version(msize, version)
         return c
 
     @classmethod
-    async def connect_socket(cls, sock: socket.socket, msize: int = 512000) -> Client:
+    async def connect_socket(cls, sock: socket.socket, msize: int = 512000,
+                             version: str = p.VERSION_9P2000L) -> Client:
         """A client over an already connected stream socket (e.g. a socketpair end)."""
         r, w = await asyncio.open_connection(sock=sock, limit=msize + 4096)
         c = cls(r, w)
-        await c.version(msize)
+        await c.version(msize, version)
         return c
 
     async def __aenter__(self) -> Client:
@@ -83,7 +92,7 @@ class Client:
                 if not p.HEADER_SIZE <= size <= max(self.msize, 8192):
                     raise p.ProtocolError(f"server sent a frame of size {size} (msize {self.msize})")
                 frame = head + await self.reader.readexactly(size - 4)
-                tag, msg = p.decode(frame)
+                tag, msg = self.messages.decode(frame)
                 fut = self._pending.pop(tag, None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
@@ -136,6 +145,9 @@ class Client:
         reply = await fut
         if isinstance(reply, p.Rlerror):
             raise OSError(reply.ecode, f"{type(msg).__name__}: {os.strerror(reply.ecode)}")
+        if isinstance(reply, (u.Rerror, u.RerrorPlain)):
+            ecode = u.errno_of(reply)
+            raise OSError(ecode, f"{type(msg).__name__}: {reply.ename}")
         return reply
 
     # --- conveniences --------------------------------------------------------------------
@@ -144,11 +156,20 @@ class Client:
         _, fut = self.start(p.Tversion(msize, version), tag=p.NOTAG)
         reply = await fut
         self.msize = reply.msize
+        self.messages = {m.version: m for m in (p.DOTL, u.DOTU, u.PLAIN)}.get(
+            reply.version, self.messages)
         return reply
+
+    @property
+    def dotl(self) -> bool:
+        return self.messages is p.DOTL
 
     async def attach(self, uname: str = "root", n_uname: int = 0, aname: str = "") -> int:
         fid = self.new_fid()
-        await self.rpc(p.Tattach(fid, p.NOFID, uname, aname, n_uname))
+        if self.messages is u.PLAIN:
+            await self.rpc(u.TattachPlain(fid, p.NOFID, uname, aname))
+        else:
+            await self.rpc(p.Tattach(fid, p.NOFID, uname, aname, n_uname))
         return fid
 
     async def walk(self, fid: int, names: list[str], newfid: int | None = None) -> int:
@@ -209,3 +230,36 @@ class Client:
 
     async def unlinkat(self, dfid: int, name: str, flags: int = 0) -> None:
         await self.rpc(p.Tunlinkat(dfid, name, flags))
+
+    # --- 9P2000.u / 9P2000 -------------------------------------------------------------
+
+    async def topen(self, fid: int, mode: int = u.OREAD) -> u.Ropen:
+        return await self.rpc(u.Topen(fid, mode))
+
+    async def tcreate(self, dfid: int, name: str, perm: int = 0o644, mode: int = u.ORDWR,
+                      extension: str = "") -> tuple[int, u.Rcreate]:
+        """Tcreate *name* in *dfid*'s directory with a fresh fid; returns (fid, reply)."""
+        fid = await self.walk(dfid, [])
+        if self.messages is u.PLAIN:
+            return fid, await self.rpc(u.TcreatePlain(fid, name, perm, mode))
+        return fid, await self.rpc(u.Tcreate(fid, name, perm, mode, extension))
+
+    async def stat(self, fid: int) -> u.Dir | u.DirU:
+        return (await self.rpc(u.Tstat(fid))).stat
+
+    async def wstat(self, fid: int, **changes: Any) -> None:
+        """Twstat changing only *changes* (every other field "don't touch")."""
+        if self.messages is u.PLAIN:
+            await self.rpc(u.TwstatPlain(fid, u.DONT_TOUCH_PLAIN._replace(**changes)))
+        else:
+            await self.rpc(u.Twstat(fid, u.DONT_TOUCH._replace(**changes)))
+
+    async def read_dir(self, fid: int, count: int = 8192) -> list[u.Dir | u.DirU]:
+        """Every stat of an open directory, reading on from where each read ended."""
+        out: list[u.Dir | u.DirU] = []
+        offset = 0
+        while data := await self.read(fid, offset, count):
+            out += u.decode_dirs(data, dotu=self.messages is u.DOTU)
+            offset += len(data)
+        return out
+

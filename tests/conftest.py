@@ -48,8 +48,8 @@ class Served:
     path: str
     clients: list[Client] = field(default_factory=list)
 
-    async def connect(self, msize: int = 512000) -> Client:
-        client = await Client.connect_unix(self.path, msize=msize)
+    async def connect(self, msize: int = 512000, version: str = "9P2000.L") -> Client:
+        client = await Client.connect_unix(self.path, msize=msize, version=version)
         self.clients.append(client)
         return client
 

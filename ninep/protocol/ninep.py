@@ -2,7 +2,11 @@
 
 Every message is a ``NamedTuple`` subclass registered with its type code and a
 ``construct`` wire format (compiled).  The server needs T-decode and R-encode;
-the test client needs the reverse; both use the same tables.
+the test client needs the reverse; both use the same tables.  A class carries
+its own format and plan (``FMT``, ``PLAN``), so encoding needs no table; a
+:class:`MessageSet` (one per dialect: this module's :data:`DOTL`, and
+9P2000.u / 9P2000 in :mod:`ninep.protocol.dotu`) says which class a type code
+decodes to.
 
 A frame is ``size[4] type[1] tag[2] body``.  :func:`decode` never raises
 anything but :class:`ProtocolError` for bad input: a wrong size, truncation,
@@ -173,9 +177,28 @@ BY_TYPE: dict[int, MessageSpec] = {}
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
-# plan steps: (kind, struct or None, number of message fields it covers)
-_Step = tuple[str, "struct.Struct | None", int]
-_PLANS: dict[int, list[_Step]] = {}
+
+
+class NestedCodec(NamedTuple):
+    """The struct-plan codec of a compound field (a 9P stat): ``decode(body,
+    pos, end) -> (value, new pos)`` raising ``_Short``/``ValueError``, and
+    ``encode(value) -> bytes``."""
+
+    decode: Any
+    encode: Any
+
+
+#: id(construct of a compound field) -> its plan codec (see register_nested).
+_NESTED: dict[int, NestedCodec] = {}
+
+
+def register_nested(subcon: Any, codec: NestedCodec) -> None:
+    """Let message plans use *codec* wherever *subcon* appears as a field."""
+    _NESTED[id(subcon)] = codec
+
+
+# plan steps: (kind, struct / nested codec / None, number of message fields it covers)
+_Step = tuple[str, Any, int]
 
 
 def _plan_of(fmt: cs.Struct) -> list[_Step]:
@@ -200,6 +223,8 @@ def _plan_of(fmt: cs.Struct) -> list[_Step]:
         if isinstance(sub, cs.FocusedSeq):  # PrefixedArray(u16, item)
             item = next(sc for sc in sub.subcons if sc.name == "items").subcon.subcon
             steps.append(("strs" if item is String else "qids", None, 1))
+        elif id(sub) in _NESTED:
+            steps.append(("nested", _NESTED[id(sub)], 1))
         else:
             steps.append(({id(String): "str", id(QidFormat): "qid", id(Data): "data"}[id(sub)], None, 1))
     flush()
@@ -237,6 +262,9 @@ def _decode_plan(plan: list[_Step], body: bytes | memoryview) -> list[Any]:
             (count,) = _U32.unpack_from(body, pos)
             pos = _take(body, start, count, end)
             out.append(bytes(body[start:pos]))
+        elif kind == "nested":
+            value, pos = st.decode(body, pos, end)
+            out.append(value)
         else:  # "strs" / "qids": u16 count, then the items
             start = _take(body, pos, 2, end)
             (count,) = _U16.unpack_from(body, pos)
@@ -278,6 +306,8 @@ def _encode_plan(plan: list[_Step], msg: Any) -> bytes:
             elif kind == "data":
                 parts.append(_U32.pack(len(value)))
                 parts.append(bytes(value))
+            elif kind == "nested":
+                parts.append(st.encode(value))
             else:
                 parts.append(_U16.pack(len(value)))
                 parts.extend(_encode_str(v) if kind == "strs" else QID.pack(*v) for v in value)
@@ -290,8 +320,11 @@ def _encode_str(value: str | bytes) -> bytes:
     return _U16.pack(len(raw)) + raw  # struct.error past 65535 bytes
 
 
-def message(code: int, *fields: Any):
-    """Register a NamedTuple as message *code* whose body is *fields* in order."""
+def message(code: int, *fields: Any, table: dict[int, MessageSpec] | None = BY_TYPE):
+    """Register a NamedTuple as message *code* whose body is *fields* in order.
+
+    *table* is the dialect table it decodes from (9P2000.L's by default;
+    ``None``: the caller adds it to its tables itself)."""
 
     def register(cls: type) -> type:
         fmt = cs.Struct(*fields, cs.Terminated)
@@ -299,17 +332,21 @@ def message(code: int, *fields: Any):
         if tuple(names) != cls._fields:
             raise TypeError(f"{cls.__name__}: fields {cls._fields} != wire {names}")
         cls.TYPE = code
-        BY_TYPE[code] = MessageSpec(code, cls, fmt.compile())
-        _PLANS[code] = _plan_of(fmt)
+        cls.SPEC = MessageSpec(code, cls, fmt.compile())
+        cls.PLAN = _plan_of(fmt)
+        if table is not None:
+            table[code] = cls.SPEC
         return cls
 
     return register
 
 
 class Message:
-    """Marker base documenting the class attribute every message carries."""
+    """Marker base documenting the class attributes every message carries."""
 
     TYPE: ClassVar[int]
+    SPEC: ClassVar[MessageSpec]
+    PLAN: ClassVar[list[_Step]]
 
 
 # Each NamedTuple below mirrors the 9P2000.L message of the same name.
@@ -663,7 +700,7 @@ NAMES: dict[int, str] = {code: spec.cls.__name__ for code, spec in BY_TYPE.items
 
 def encode(msg: Any, tag: int) -> bytes:
     """Encode a whole frame (size, type, tag, body) for *msg*."""
-    spec = BY_TYPE[msg.TYPE]
+    spec = msg.SPEC
     body = spec.fmt.build(msg._asdict()) if msg._fields else b""
     return HEADER.pack(HEADER_SIZE + len(body), msg.TYPE, tag) + body
 
@@ -675,26 +712,29 @@ def decode_header(frame: bytes | memoryview) -> tuple[int, int, int]:
     return HEADER.unpack_from(frame)
 
 
-def decode_body(msgtype: int, body: bytes | memoryview, tag: int | None = None) -> Any:
-    """Decode the body of a message of *msgtype*; ProtocolError on any defect.
+def decode_body(msgtype: int, body: bytes | memoryview, tag: int | None = None,
+                table: dict[int, MessageSpec] = BY_TYPE) -> Any:
+    """Decode the body of a message of *msgtype* (as *table*'s dialect has it);
+    ProtocolError on any defect.
 
     Uses the plain-struct plan; :func:`decode_body_construct` is the reference.
     """
-    plan = _PLANS.get(msgtype)
-    if plan is None:
+    spec = table.get(msgtype)
+    if spec is None:
         raise ProtocolError(f"unknown message type {msgtype}", tag, msgtype)
-    cls = BY_TYPE[msgtype].cls
+    cls = spec.cls
     try:
-        return cls(*_decode_plan(plan, body))
+        return cls(*_decode_plan(cls.PLAN, body))
     except _Short:
         raise ProtocolError(f"malformed {cls.__name__}: truncated", tag, msgtype) from None
     except ValueError as exc:
         raise ProtocolError(f"malformed {cls.__name__}: {exc}", tag, msgtype) from None
 
 
-def decode_body_construct(msgtype: int, body: bytes | memoryview, tag: int | None = None) -> Any:
+def decode_body_construct(msgtype: int, body: bytes | memoryview, tag: int | None = None,
+                          table: dict[int, MessageSpec] = BY_TYPE) -> Any:
     """:func:`decode_body` through construct's compiled parser (reference, benchmarks)."""
-    spec = BY_TYPE.get(msgtype)
+    spec = table.get(msgtype)
     if spec is None:
         raise ProtocolError(f"unknown message type {msgtype}", tag, msgtype)
     try:
@@ -705,7 +745,8 @@ def decode_body_construct(msgtype: int, body: bytes | memoryview, tag: int | Non
     return spec.cls(*[values[name] for name in spec.cls._fields])
 
 
-def decode(frame: bytes | memoryview, msize: int | None = None) -> tuple[int, Any]:
+def decode(frame: bytes | memoryview, msize: int | None = None,
+           table: dict[int, MessageSpec] = BY_TYPE) -> tuple[int, Any]:
     """Decode a complete frame into ``(tag, message)``; a frame larger than the
     negotiated *msize* (when given) is a ProtocolError too."""
     size, msgtype, tag = decode_header(frame)
@@ -713,7 +754,7 @@ def decode(frame: bytes | memoryview, msize: int | None = None) -> tuple[int, An
         raise ProtocolError(f"size field {size} exceeds msize {msize}", tag, msgtype)
     if size != len(frame):
         raise ProtocolError(f"size field {size} != frame length {len(frame)}", tag, msgtype)
-    return tag, decode_body(msgtype, memoryview(frame)[HEADER_SIZE:], tag)
+    return tag, decode_body(msgtype, memoryview(frame)[HEADER_SIZE:], tag, table)
 
 
 # --- fast paths for the hot fixed-layout messages ------------------------------------------
@@ -793,5 +834,27 @@ def encode_fast(msg: Any, tag: int) -> bytes:
         return FAST_U32_REPLY.pack(11, t, tag, msg[0])
     if not msg._fields:
         return FAST_EMPTY_REPLY.pack(7, t, tag)
-    body = _encode_plan(_PLANS[t], msg)
+    body = _encode_plan(msg.PLAN, msg)
     return HEADER.pack(HEADER_SIZE + len(body), t, tag) + body
+
+
+# --- dialects ------------------------------------------------------------------------------
+
+
+class MessageSet(NamedTuple):
+    """One dialect's view of the wire: its version string, which class each
+    type code decodes to, and how it reports an errno."""
+
+    version: str
+    table: dict[int, MessageSpec]
+    #: ``(tag, errno) -> frame``: Rlerror in .L, Rerror in 9P2000(.u).
+    encode_error: Any
+
+    def decode_body(self, msgtype: int, body: bytes | memoryview, tag: int | None = None) -> Any:
+        return decode_body(msgtype, body, tag, self.table)
+
+    def decode(self, frame: bytes | memoryview, msize: int | None = None) -> tuple[int, Any]:
+        return decode(frame, msize, self.table)
+
+
+DOTL = MessageSet(VERSION_9P2000L, BY_TYPE, encode_rlerror)

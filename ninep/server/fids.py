@@ -29,10 +29,23 @@ class Fid:
     xattr_value: bytearray = field(default_factory=bytearray)
     xattr_size: int = 0
     xattr_flags: int = 0
+    #: 9P2000(.u) only: the path walked from the root (a stat's name), where
+    #: the next directory read goes on (its byte offset and the back end's
+    #: cookie there), and whether clunk removes the file (ORCLOSE).
+    path: tuple[str, ...] = ()
+    dir_pos: int = 0
+    dir_cookie: int = 0
+    remove_on_clunk: bool = False
     #: Back-end calls using this fid's open file right now; a clunk waits for
     #: them, or the fd could close (and its number be reused) under a read.
     users: int = 0
     idle: asyncio.Event | None = None
+
+    @property
+    def clears_setid(self) -> bool:
+        """Does Linux clear set-id bits when this fid's user writes or truncates?
+        It does for a user without CAP_FSETID: in the guest, anyone but root."""
+        return self.uid != 0
 
     @contextlib.asynccontextmanager
     async def in_use(self) -> AsyncIterator[None]:

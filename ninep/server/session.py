@@ -1,8 +1,11 @@
-"""One 9P2000.L session: msize, fids, in-flight tags, flush; calls the back end.
+"""One 9P session: msize, fids, in-flight tags, flush; calls the back end.
 
 A transport calls :meth:`Session.submit` with each complete request and a
 :class:`~ninep.transport.base.ReplySink`; replies go out in completion order.
-Back-end ``OSError``s become Rlerror; nothing else escapes.
+Back-end ``OSError``s become Rlerror (Rerror in 9P2000/9P2000.u); nothing
+else escapes.  The dialect is chosen at Tversion: 9P2000.L's handlers are
+this class's methods, 9P2000.u's and 9P2000's live in :mod:`.dialect_u` and
+share this dispatcher and fid table.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..backends.base import REQUEST_LOAD, UTIME_NOW, Backend, Credentials, SetAttr, Stat, qid_type
+from ..protocol import dotu as u
 from ..protocol import ninep as p
 from ..transport.base import ReplySink, Segments, gather, scatter, slice_segments, total_length
 from .fids import Fid, FidKind, FidTable
@@ -65,17 +69,15 @@ def _check_new_name(name: str, dot_errno: int = errno.EEXIST) -> None:
         raise OSError(dot_errno, "illegal name")
 
 
-def _clears_setid(fid: Fid) -> bool:
-    """Does Linux clear set-id bits when this fid's user writes or truncates?
-    It does for a user without CAP_FSETID: in the guest, anyone but root."""
-    return fid.uid != 0
-
-
 _MODIFYING = frozenset({
     p.Tlcreate.TYPE, p.Tsymlink.TYPE, p.Tmknod.TYPE, p.Trename.TYPE, p.Tsetattr.TYPE,
     p.Txattrcreate.TYPE, p.Tlink.TYPE, p.Tmkdir.TYPE, p.Trenameat.TYPE, p.Tunlinkat.TYPE,
-    p.Twrite.TYPE,
-})  # Tremove and Tlopen check for themselves: a refused Tremove still clunks.
+    p.Twrite.TYPE, u.Tcreate.TYPE, u.Twstat.TYPE,
+})  # Tremove and Tl/open check for themselves: a refused Tremove still clunks.
+#: Requests that _dispatch decodes itself (no handler-table entry) in every dialect.
+_IO_TYPES = frozenset({p.Tread.TYPE, p.Twrite.TYPE, p.Treaddir.TYPE})
+
+Handler = Callable[..., Coroutine[Any, Any, Any]]
 
 
 @dataclass(slots=True)
@@ -115,10 +117,15 @@ class Session:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: id(fid) -> done-future of the Tlopen/Tlcreate running on it (see _opening_of).
         self._opening: dict[int, asyncio.Future] = {}
-        self._handlers: dict[int, Callable[..., Coroutine[Any, Any, Any]]] = {
+        #: The dialect Tversion chose (9P2000.L until then).
+        self.messages: p.MessageSet = p.DOTL
+        self._dotl_handlers: dict[int, Handler] = {
             spec.type: getattr(self, "_" + spec.cls.__name__)
             for spec in p.BY_TYPE.values() if hasattr(self, "_" + spec.cls.__name__)
         }
+        self._handlers = self._dotl_handlers
+        #: 9P2000(.u) only: a Tread of an open directory returns stat entries.
+        self._read_dir: Callable[[Fid, int, int], Coroutine[Any, Any, bytes]] | None = None
 
     # --- entry points for transports -------------------------------------------------
 
@@ -220,7 +227,7 @@ class Session:
 
     async def _dispatch(self, request: Segments, msgtype: int, tag: int, sink: ReplySink) -> None:
         handler = self._handlers.get(msgtype)
-        if handler is None and msgtype not in (p.Tread.TYPE, p.Twrite.TYPE, p.Treaddir.TYPE):
+        if handler is None and (msgtype not in _IO_TYPES or msgtype not in self.messages.table):
             self._reply_error(sink, tag, errno.EOPNOTSUPP)
             return
         try:
@@ -235,7 +242,7 @@ class Session:
                 assert handler is not None or msgtype == p.Treaddir.TYPE
                 body = (request[0][p.HEADER_SIZE:] if len(request) == 1
                         else gather(request, p.HEADER_SIZE, total_length(request) - p.HEADER_SIZE))
-                msg = p.decode_body(msgtype, body, tag)
+                msg = self.messages.decode_body(msgtype, body, tag)
                 if msgtype == p.Treaddir.TYPE:
                     await self._treaddir(msg, tag, sink)
                     return
@@ -264,11 +271,11 @@ class Session:
     def _send(self, sink: ReplySink, frame: bytes) -> None:
         if len(frame) > sink.capacity:
             # Only a reply that outgrew the client's buffers: say so instead.
-            frame = p.encode_rlerror(p.HEADER.unpack_from(frame)[2], errno.ERANGE)
+            frame = self.messages.encode_error(p.HEADER.unpack_from(frame)[2], errno.ERANGE)
         sink.send(frame)
 
     def _reply_error(self, sink: ReplySink, tag: int, err: int, flushed: bool = False) -> None:
-        frame = p.encode_rlerror(tag, err)
+        frame = self.messages.encode_error(tag, err)
         if flushed:
             scatter(sink.reserve(len(frame)), frame)
             sink.drop()
@@ -347,9 +354,17 @@ class Session:
         if msg.msize < 4096:
             raise OSError(errno.EINVAL, "msize too small")
         self.msize = min(msg.msize, self.config.msize)
-        dotl = msg.version == p.VERSION_9P2000L or msg.version.startswith(p.VERSION_9P2000L + ".")
-        version = p.VERSION_9P2000L if dotl else "unknown"
-        return p.Rversion(self.msize, version)
+        messages = dialect_of(msg.version)
+        if messages is None:
+            return p.Rversion(self.msize, "unknown")
+        self.messages = messages
+        if messages is p.DOTL:
+            self._handlers, self._read_dir = self._dotl_handlers, None
+        else:
+            from .dialect_u import Dialect9P2000  # it builds on this module
+            dialect = Dialect9P2000(self, messages)
+            self._handlers, self._read_dir = dialect.handlers(), dialect.read_dir
+        return p.Rversion(self.msize, messages.version)
 
     async def _Tauth(self, msg: p.Tauth) -> Any:
         # diod's answer: ENOENT means "no authentication needed, attach with
@@ -423,7 +438,7 @@ class Session:
             mtime=((msg.mtime_sec, msg.mtime_nsec) if v & p.SETATTR_MTIME_SET else (0, UTIME_NOW))
             if v & p.SETATTR_MTIME else None,
             ctime=bool(v & p.SETATTR_CTIME),
-            drop_setid=bool(v & p.SETATTR_SIZE) and _clears_setid(fid),
+            drop_setid=bool(v & p.SETATTR_SIZE) and fid.clears_setid,
         )
         if change.uid == p.NOFID:
             change.uid = None
@@ -458,17 +473,19 @@ class Session:
         return fid
 
     async def _Tlopen(self, msg: p.Tlopen) -> p.Rlopen:
-        fid = self._node_fid(msg.fid)
-        flags = dotl_to_host_flags(msg.flags)
+        return p.Rlopen(*await self.open_fid(self._node_fid(msg.fid), dotl_to_host_flags(msg.flags)))
+
+    async def open_fid(self, fid: Fid, flags: int) -> tuple[p.Qid, int]:
+        """Open *fid*'s node with host *flags* (Tlopen, Topen): ``(qid, iounit)``."""
         if self.config.readonly and (flags & 3 != os.O_RDONLY or flags & os.O_TRUNC):
             raise OSError(errno.EROFS, "read-only export")
         qid, iounit = await self._opening_of(fid, self.backend.open(fid.node, flags))
         fid.kind = FidKind.OPEN
         fid.is_dir = bool(qid.type & p.QTDIR)
         fid.open_flags = flags
-        if flags & os.O_TRUNC and _clears_setid(fid):
+        if flags & os.O_TRUNC and fid.clears_setid:
             await self.backend.setattr(fid.node, SetAttr(drop_setid=True))
-        return p.Rlopen(qid, self._iounit(iounit))
+        return qid, self._iounit(iounit)
 
     async def _opening_of(self, fid: Fid, opener: Coroutine[Any, Any, T]) -> T:
         """Run the back end's open/create of *fid*'s node, one at a time per fid,
@@ -501,13 +518,19 @@ class Session:
         if not fid.is_dir:
             raise OSError(errno.ENOTDIR, "not a directory")
         _check_new_name(msg.name)
-        flags = dotl_to_host_flags(msg.flags, create=True)
+        return p.Rlcreate(*await self.create_fid(fid, msg.name, dotl_to_host_flags(msg.flags, True),
+                                                 msg.mode & 0o7777, Credentials(fid.uid, msg.gid)))
+
+    async def create_fid(self, fid: Fid, name: str, flags: int, mode: int,
+                         cred: Credentials) -> tuple[p.Qid, int]:
+        """Create and open *name* in *fid*'s directory; the fid becomes the new
+        file, open (Tlcreate, Tcreate): ``(qid, iounit)``."""
         qid, iounit = await self._opening_of(fid, self.backend.create(
-            fid.node, msg.name, flags, msg.mode & 0o7777, Credentials(fid.uid, msg.gid)))
+            fid.node, name, flags, mode, cred))
         fid.kind = FidKind.OPEN
         fid.is_dir = False
         fid.open_flags = flags
-        return p.Rlcreate(qid, self._iounit(iounit))
+        return qid, self._iounit(iounit)
 
     async def _Tmkdir(self, msg: p.Tmkdir) -> p.Rmkdir:
         fid = self._dir_fid(msg.dfid)
@@ -594,6 +617,11 @@ class Session:
             raise OSError(errno.EBADF, "fid is not open for reading")
         if fid.open_flags & 3 == os.O_WRONLY:
             raise OSError(errno.EBADF, "fid is open write-only")
+        if fid.is_dir and self._read_dir is not None:
+            async with fid.in_use():
+                data = await self._read_dir(fid, offset, count)
+            self._send(sink, p.encode_rread_header(tag, len(data)) + data)
+            return
         views = sink.reserve(p.IOHDRSZ_REPLY + count)
         async with fid.in_use():
             n = await self.backend.read_into(fid.node, offset,
@@ -620,7 +648,7 @@ class Session:
             raise OSError(errno.EBADF, "fid is open read-only")
         async with fid.in_use():
             n = await self.backend.write_from(fid.node, offset, slice_segments(request, start, count),
-                                              drop_setid=count > 0 and _clears_setid(fid))
+                                              drop_setid=count > 0 and fid.clears_setid)
         return p.Rwrite(n)
 
     async def _treaddir(self, msg: p.Treaddir, tag: int, sink: ReplySink) -> None:
@@ -709,6 +737,18 @@ class Session:
         return p.Rgetlock(*res)
 
 
+def dialect_of(version: str) -> p.MessageSet | None:
+    """The dialect a Tversion string asks for (None: none we speak).  A suffix
+    after a known version (``9P2000.L.x``) still selects it, and an unknown
+    ``9P2000.x`` falls back to plain 9P2000, as Plan 9 servers answer."""
+    for messages in (p.DOTL, u.DOTU):
+        if version == messages.version or version.startswith(messages.version + "."):
+            return messages
+    if version == u.VERSION_9P2000 or version.startswith(u.VERSION_9P2000 + "."):
+        return u.PLAIN
+    return None
+
+
 def rgetattr(qid: p.Qid, st: Stat) -> p.Rgetattr:
     """Rgetattr for a stat, whatever the request mask asked.
 
@@ -730,4 +770,4 @@ def _timespec(ns: int) -> tuple[int, int]:
     return (ns // 10**9) & 0xFFFFFFFFFFFFFFFF, ns % 10**9
 
 
-__all__ = ["Session", "SessionConfig", "dotl_to_host_flags", "rgetattr", "qid_type"]
+__all__ = ["Session", "SessionConfig", "dialect_of", "dotl_to_host_flags", "rgetattr", "qid_type"]

@@ -286,7 +286,7 @@ async def fs(backend: Backend, export: Path) -> AsyncIterator[Fs]:
     await helper.clunk_all()
 
 
-Connect = Callable[[], Awaitable[Client]]
+Connect = Callable[..., Awaitable[Client]]  # connect(version=...) for another dialect
 
 
 @pytest.fixture

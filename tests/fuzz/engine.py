@@ -8,13 +8,16 @@ checks run:
 * no exception escaped ``submit`` or any task, and nothing was logged as an
   internal error (the dispatcher's catch-all turns bugs into EIO silently);
 * every request got exactly one well-formed reply (or none, if flushed), with
-  its tag, of its type or Rlerror, no larger than msize;
+  its tag, of its type or an error reply, no larger than msize;
 * no case hangs (each drain has a timeout);
 * every fid was released: no live back-end node, the process's fd count back
   to its baseline; and the canary tree next to the export is unchanged.
 
 Frames come from field-aware generators (fids from a small pool, names from
-a hostile list, interesting integers) and byte-level mutations.  The same
+a hostile list, interesting integers) and byte-level mutations, in one
+dialect per run (9P2000.L, 9P2000.u or 9P2000: its message table, prelude
+and error reply); a fuzzed Tversion may switch the session to another, so
+replies are checked in whichever dialect they decode in.  The same
 generators feed the Hypothesis strategies in ``test_session_fuzz.py`` and the
 seeded loop used by CI and ``scripts/fuzz-long``.
 
@@ -45,6 +48,7 @@ from typing import Any
 
 from ninep import syscalls
 from ninep.backends.local import LocalBackend
+from ninep.protocol import dotu as u
 from ninep.protocol import ninep as p
 from ninep.server.session import Session, SessionConfig
 
@@ -52,7 +56,15 @@ from security.harness import Canary, RecordingSink, fd_count, rss_kib
 
 MSIZE = 8192
 DRAIN_TIMEOUT = 10.0
-T_TYPES = sorted(t for t in p.BY_TYPE if t % 2 == 0)
+DIALECTS: dict[str, p.MessageSet] = {m.version: m for m in (p.DOTL, u.DOTU, u.PLAIN)}
+
+
+def t_types(messages: p.MessageSet) -> list[int]:
+    """The request types of a dialect."""
+    return sorted(t for t in messages.table if t % 2 == 0)
+
+
+T_TYPES = t_types(p.DOTL)
 FID_FIELDS = frozenset({"fid", "newfid", "dfid", "afid", "olddirfid", "newdirfid", "dirfid"})
 NAME_FIELDS = frozenset({"name", "oldname", "newname", "symtgt"})
 NAMES = ["file", "dir", "sub", "new", "new2", "link", "link_out", "fifo", "sock", "..", ".", "",
@@ -60,6 +72,15 @@ NAMES = ["file", "dir", "sub", "new", "new2", "link", "link_out", "fifo", "sock"
          ".virtfs_metadata", "user.x", "security.capability", "trusted.t", "user.virtfs.uid"]
 INTERESTING = [0, 1, 2, 7, 0x7F, 0x80, 0xFF, 0x100, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000,
                0xFFFFFFFE, 0xFFFFFFFF, 2**63 - 1, 2**63, 2**64 - 1]
+#: Topen/Tcreate mode bytes (9P2000/9P2000.u).
+OMODES = [u.OREAD, u.OWRITE, u.ORDWR, u.OEXEC, u.ORDWR | u.OTRUNC, u.OREAD | u.ORCLOSE,
+          u.OWRITE | u.OAPPEND, 0xFF]
+#: Tcreate perm: every kind of file, and nonsense combinations.
+PERMS = [0o644, 0o755, u.DMDIR | 0o755, u.DMSYMLINK | 0o777, u.DMLINK, u.DMDEVICE | 0o600,
+         u.DMNAMEDPIPE | 0o644, u.DMSOCKET | 0o600, u.DMDIR | u.DMSYMLINK | 0o777,
+         u.DMAPPEND | u.DMEXCL | 0o644, u.DMSETUID | u.DMSETGID | u.DMSETVTX | 0o777, 0xFFFFFFFF]
+EXTENSIONS = ["", "c 1 3", "b 7 0", "c 1", "x 1 3", "c 99999999999 1", "file", "../outside",
+              "/etc/passwd", "0", "2", "4", "7", "9", "4294967295", "-1", "x" * 300, "\0"]
 MODES = [0o644, 0o755, 0, 0o7777, stat.S_IFIFO | 0o644, stat.S_IFSOCK | 0o600,
          stat.S_IFREG | 0o644, stat.S_IFCHR | 0o666, stat.S_IFBLK | 0o600, stat.S_IFDIR | 0o755,
          stat.S_IFLNK | 0o777]
@@ -76,17 +97,17 @@ log = logging.getLogger("ninep.fuzz")
 
 # --- frame generation --------------------------------------------------------------------
 
-def _widths(msgtype: int) -> dict[str, int]:
+def _widths(cls: type) -> dict[str, int]:
     """Field name -> byte width of each integer field of a message (from its codec)."""
     out = {}
-    for sc in p.BY_TYPE[msgtype].fmt.defersubcon.subcons:
+    for sc in cls.SPEC.fmt.defersubcon.subcons:  # type: ignore[attr-defined]
         fmt = getattr(getattr(sc, "subcon", None), "fmtstr", None)
         if sc.name and fmt:
             out[sc.name] = struct.calcsize(fmt)
     return out
 
 
-WIDTHS = {t: _widths(t) for t in T_TYPES}
+WIDTHS = {m.table[t].cls: _widths(m.table[t].cls) for m in DIALECTS.values() for t in t_types(m)}
 
 
 def gen_int(rng: random.Random, name: str, width: int) -> int:
@@ -99,8 +120,12 @@ def gen_int(rng: random.Random, name: str, width: int) -> int:
         if roll < 0.95:
             return rng.randrange(FID_POOL)
         return rng.choice([p.NOFID, rng.getrandbits(32)])
+    if name == "mode" and width == 1 and roll < 0.8:
+        return rng.choice(OMODES)
+    if name == "perm" and roll < 0.8:
+        return rng.choice(PERMS)
     if name == "mode" and roll < 0.8:
-        return rng.choice(MODES)
+        return rng.choice(MODES) & mask
     if name == "flags" and roll < 0.7:
         return sum(b for b in DOTL_BITS if rng.random() < 0.2)
     if name == "valid" and roll < 0.8:
@@ -125,30 +150,53 @@ def gen_name(rng: random.Random) -> str:
 
 
 #: How often each T-message is picked: session resets rare, I/O and namespace ops common.
-WEIGHTS = {t: 1.0 for t in T_TYPES}
-WEIGHTS.update({p.Tversion.TYPE: 0.1, p.Tattach.TYPE: 0.3, p.Tauth.TYPE: 0.1,
-                p.Twalk.TYPE: 4, p.Tread.TYPE: 3, p.Twrite.TYPE: 3, p.Tlopen.TYPE: 2,
-                p.Tlcreate.TYPE: 2, p.Treaddir.TYPE: 2, p.Tclunk.TYPE: 1.5})
-_TYPE_LIST = list(WEIGHTS)
-_TYPE_WEIGHTS = [WEIGHTS[t] for t in _TYPE_LIST]
+_FAVOURED = {p.Tversion.TYPE: 0.1, p.Tattach.TYPE: 0.3, p.Tauth.TYPE: 0.1, p.Twalk.TYPE: 4,
+             p.Tread.TYPE: 3, p.Twrite.TYPE: 3, p.Tlopen.TYPE: 2, p.Tlcreate.TYPE: 2,
+             p.Treaddir.TYPE: 2, p.Tclunk.TYPE: 1.5, u.Topen.TYPE: 2, u.Tcreate.TYPE: 2,
+             u.Twstat.TYPE: 2}
+WEIGHTS = {m.version: {t: _FAVOURED.get(t, 1.0) for t in t_types(m)} for m in DIALECTS.values()}
 
 
-def gen_message(rng: random.Random, msgtype: int | None = None) -> Any:
-    """A well-formed T-message with fuzzed field values."""
+def gen_stat(rng: random.Random, dotu: bool) -> u.Dir | u.DirU:
+    """A Twstat stat: mostly "don't touch", with a few fields set."""
+    base = u.DONT_TOUCH if dotu else u.DONT_TOUCH_PLAIN
+    changes: dict[str, Any] = {}
+    for name in rng.sample(base._fields, rng.choice([0, 1, 1, 2, 3])):
+        if name in ("name", "uid", "gid", "muid", "extension"):
+            changes[name] = gen_name(rng) if name == "name" else rng.choice(["", "0", "100", "x"])
+        elif name == "qid":
+            changes[name] = p.Qid(0, 0, 0)
+        elif name == "mode":
+            changes[name] = rng.choice(PERMS)
+        else:
+            width = {"type": 2, "length": 8}.get(name, 4)
+            changes[name] = gen_int(rng, name, width)
+    return base._replace(**changes)
+
+
+def gen_message(rng: random.Random, msgtype: int | None = None,
+                messages: p.MessageSet = p.DOTL) -> Any:
+    """A well-formed T-message of *messages*' dialect with fuzzed field values."""
+    weights = WEIGHTS[messages.version]
     if msgtype is None:
-        msgtype = rng.choices(_TYPE_LIST, _TYPE_WEIGHTS)[0]
-    cls = p.BY_TYPE[msgtype].cls
-    widths = WIDTHS[msgtype]
+        msgtype = rng.choices(list(weights), list(weights.values()))[0]
+    cls = messages.table[msgtype].cls
+    widths = WIDTHS[cls]
     values = []
     for name in cls._fields:
         if name in widths:
             values.append(gen_int(rng, name, widths[name]))
         elif name in NAME_FIELDS:
             values.append(gen_name(rng))
+        elif name == "extension":
+            values.append(rng.choice(EXTENSIONS) if rng.random() < 0.9 else gen_name(rng))
+        elif name == "stat":
+            values.append(gen_stat(rng, messages is u.DOTU))
         elif name == "wnames":
             values.append([gen_name(rng) for _ in range(rng.choice([0, 1, 1, 2, 3, 16, 17]))])
         elif name == "version":
-            values.append(rng.choice([p.VERSION_9P2000L, "9P2000", "9P2000.u", "", "9P2000.Lx"]))
+            values.append(messages.version if rng.random() < 0.5 else
+                          rng.choice([p.VERSION_9P2000L, "9P2000", "9P2000.u", "", "9P2000.Lx"]))
         elif name == "data":
             values.append(rng.randbytes(rng.choice([0, 1, 100, 4000, MSIZE])))
         else:  # uname, aname, client_id
@@ -162,6 +210,9 @@ def encode_lenient(msg: Any, tag: int) -> bytes:
         return p.encode(msg, tag)
     except Exception:  # noqa: BLE001 - construct raises many kinds
         fixed = msg._replace(**{k: "x" for k, v in msg._asdict().items() if isinstance(v, str)})
+        if "stat" in msg._fields:
+            fixed = fixed._replace(stat=msg.stat._replace(
+                **{k: "x" for k, v in msg.stat._asdict().items() if isinstance(v, str)}))
         return p.encode(fixed, tag)
 
 
@@ -201,8 +252,9 @@ def mutate(frame: bytes, kind: str, arg: int, donor: bytes = b"") -> bytes:
     return bytes(buf)
 
 
-def random_frames(rng: random.Random, count: int) -> list[bytes]:
-    """*count* frames: valid fuzzed messages, half of them then mutated."""
+def random_frames(rng: random.Random, count: int,
+                  messages: p.MessageSet = p.DOTL) -> list[bytes]:
+    """*count* frames of *messages*' dialect: valid fuzzed messages, half of them then mutated."""
     frames: list[bytes] = []
     tags = iter(range(1, 0xFFFF))
     for _ in range(count):
@@ -211,7 +263,7 @@ def random_frames(rng: random.Random, count: int) -> list[bytes]:
             frame = rng.randbytes(rng.randrange(0, 40))
         else:
             tag = next(tags) if rng.random() < 0.9 else rng.choice([p.NOTAG, 1, 2])
-            frame = encode_lenient(gen_message(rng), tag)
+            frame = encode_lenient(gen_message(rng, messages=messages), tag)
             if rng.random() < 0.5:
                 donor = rng.choice(frames) if frames else b""
                 for _ in range(rng.choice([1, 1, 2, 3])):
@@ -222,21 +274,56 @@ def random_frames(rng: random.Random, count: int) -> list[bytes]:
     return frames
 
 
-def prelude() -> list[bytes]:
-    """Frames that set up the fid pool (see FID_POOL)."""
+def prelude(messages: p.MessageSet = p.DOTL) -> list[bytes]:
+    """Frames that set up the fid pool (see FID_POOL) in *messages*' dialect."""
+    if messages is p.DOTL:
+        rdwr, rdonly = p.Tlopen(2, p.DOTL_RDWR), p.Tlopen(3, p.DOTL_RDONLY)
+        rdonly2 = p.Tlopen(6, p.DOTL_RDONLY)
+    else:
+        rdwr, rdonly, rdonly2 = u.Topen(2, u.ORDWR), u.Topen(3, u.OREAD), u.Topen(6, u.OREAD)
+    attach = (u.TattachPlain(0, p.NOFID, "root", "") if messages is u.PLAIN else
+              p.Tattach(0, p.NOFID, "root", "", 0))
     msgs = [
-        p.Tversion(MSIZE, p.VERSION_9P2000L),
-        p.Tattach(0, p.NOFID, "root", "", 0),
-        p.Twalk(0, 1, ["dir"]), p.Twalk(0, 2, ["file"]), p.Tlopen(2, p.DOTL_RDWR),
-        p.Twalk(0, 3, ["dir"]), p.Tlopen(3, p.DOTL_RDONLY), p.Twalk(0, 4, ["link"]),
-        p.Twalk(0, 5, ["fifo"]), p.Twalk(0, 6, ["dir", "file"]), p.Tlopen(6, p.DOTL_RDONLY),
+        p.Tversion(MSIZE, messages.version), attach,
+        p.Twalk(0, 1, ["dir"]), p.Twalk(0, 2, ["file"]), rdwr,
+        p.Twalk(0, 3, ["dir"]), rdonly, p.Twalk(0, 4, ["link"]),
+        p.Twalk(0, 5, ["fifo"]), p.Twalk(0, 6, ["dir", "file"]), rdonly2,
         p.Twalk(0, 7, []),
     ]
     return [p.encode(m, p.NOTAG if isinstance(m, p.Tversion) else 0xFF00 + i)
             for i, m in enumerate(msgs)]
 
 
+PRELUDE_LENGTH = len(prelude())
+
+
 # --- the target ---------------------------------------------------------------------------
+
+
+def decode_reply(reply: bytes) -> tuple[int, Any]:
+    """A reply frame in whichever dialect it decodes (a fuzzed Tversion may have
+    switched the session); ProtocolError if in none."""
+    error: p.ProtocolError | None = None
+    for messages in DIALECTS.values():
+        try:
+            return messages.decode(reply)
+        except p.ProtocolError as exc:
+            error = error or exc
+    assert error is not None
+    raise error
+
+
+def error_errno(msg: Any) -> int | None:
+    """The errno of an error reply in any dialect (None: not an error)."""
+    if isinstance(msg, p.Rlerror):
+        return msg.ecode
+    if isinstance(msg, (u.Rerror, u.RerrorPlain)):
+        return u.errno_of(msg)
+    return None
+
+
+#: The type code of an error reply: Rlerror, or Rerror in 9P2000(.u).
+ERROR_TYPES = (p.Rlerror.TYPE, u.Rerror.TYPE)
 
 
 class _ErrorLog(logging.Handler):
@@ -275,7 +362,7 @@ class FuzzStats(ResourceTotals):
         top_errors = ", ".join(f"{k} {v}" for k, v in self.errors.most_common())
         return (f"cases {self.cases}, frames {self.frames} in {self.seconds:.1f} s "
                 f"({rate:.0f} frames/s)\n"
-                f"replies: {top_replies}\nRlerror by errno: {top_errors}\nflushed: {self.flushed}\n"
+                f"replies: {top_replies}\nerror replies by errno: {top_errors}\nflushed: {self.flushed}\n"
                 f"fds before/after: {self.fds_before}/{self.fds_after}; RSS before/after: "
                 f"{self.rss_before_kib}/{self.rss_after_kib} KiB")
 
@@ -320,9 +407,11 @@ def build_export(base: Path) -> Path:
 class FuzzTarget:
     """One export + back end; runs cases through fresh Sessions on it."""
 
-    def __init__(self, base: Path, stats: FuzzStats, config: SessionConfig | None = None) -> None:
+    def __init__(self, base: Path, stats: FuzzStats, config: SessionConfig | None = None,
+                 messages: p.MessageSet = p.DOTL) -> None:
         self.base = base
         self.stats = stats
+        self.messages = messages
         self.config = config or SessionConfig(msize=MSIZE, max_fids=64, max_inflight=32)
         base.mkdir(parents=True, exist_ok=True)
         self.canary = Canary.plant(base)
@@ -355,7 +444,7 @@ class FuzzTarget:
 
     async def run_case(self, frames: list[bytes], burst: bool) -> None:
         """Send *frames* (after the prelude) to a new Session and check everything."""
-        frames = prelude() + frames
+        frames = prelude(self.messages) + frames
         session = Session(self.backend, self.config)
         sent: list[tuple[bytes, RecordingSink]] = []
         errors = _ErrorLog()
@@ -368,7 +457,7 @@ class FuzzTarget:
                 except Exception as exc:  # noqa: BLE001 - that is the finding
                     raise FuzzFailure(f"submit raised {exc!r}", frames) from exc
                 sent.append((frame, sink))
-                if not burst or i < len(prelude()):
+                if not burst or i < PRELUDE_LENGTH:
                     await self._drain(frames)
             await self._drain(frames)
             await asyncio.wait_for(session.close(), DRAIN_TIMEOUT)
@@ -400,28 +489,31 @@ class FuzzTarget:
         if len(reply) > self.config.msize:
             raise FuzzFailure(f"reply of {len(reply)} bytes > msize", frames)
         try:
-            rtag, msg = p.decode(reply)
+            rtag, msg = decode_reply(reply)
         except p.ProtocolError as exc:
             raise FuzzFailure(f"malformed reply {reply.hex()}: {exc}", frames) from None
+        ecode = error_errno(msg)
         if len(frame) >= p.HEADER_SIZE:
             _, ttype, ttag = p.HEADER.unpack_from(frame)
             rtype = type(msg).TYPE
-            if rtag != ttag or rtype not in (ttype + 1, p.Rlerror.TYPE):
+            if rtag != ttag or rtype not in (ttype + 1, *ERROR_TYPES):
                 raise FuzzFailure(f"reply {type(msg).__name__} tag {rtag} to type {ttype} "
                                   f"tag {ttag}", frames)
-        elif rtag != p.NOTAG or not isinstance(msg, p.Rlerror):
-            raise FuzzFailure("a runt frame was not answered with Rlerror(NOTAG)", frames)
+        elif rtag != p.NOTAG or ecode is None:
+            raise FuzzFailure("a runt frame was not answered with an error (NOTAG)", frames)
         self.stats.replies[type(msg).__name__] += 1
-        if isinstance(msg, p.Rlerror):
-            if msg.ecode == errno.EIO:
+        if ecode is not None:
+            if ecode == errno.EIO:
                 raise FuzzFailure(f"EIO (internal error) for {frame.hex()}", frames)
-            self.stats.errors[errno.errorcode.get(msg.ecode, str(msg.ecode))] += 1
+            self.stats.errors[errno.errorcode.get(ecode, str(ecode))] += 1
 
 
 async def fuzz(base: Path, total_frames: int, seed: int, *, case_frames: int = 40,
                cases_per_export: int = 50,
-               progress: Callable[[FuzzStats], None] | None = None) -> FuzzStats:
-    """Run seeded cases until *total_frames* frames went through; returns the totals.
+               progress: Callable[[FuzzStats], None] | None = None,
+               messages: p.MessageSet = p.DOTL) -> FuzzStats:
+    """Run seeded cases of *messages*' dialect until *total_frames* frames went
+    through; returns the totals.
 
     Raises :class:`FuzzFailure` on the first failed check.  fds and RSS are
     measured around the whole run (RSS after a warm-up export).
@@ -432,12 +524,13 @@ async def fuzz(base: Path, total_frames: int, seed: int, *, case_frames: int = 4
     epoch = 0
     with without_mknod_capability():
         while stats.frames < total_frames:
-            target = FuzzTarget(base / f"epoch{epoch}", stats)
+            target = FuzzTarget(base / f"epoch{epoch}", stats, messages=messages)
             try:
                 for _ in range(cases_per_export):
                     if stats.frames >= total_frames:
                         break
-                    await target.run_case(random_frames(rng, case_frames), burst=rng.random() < 0.5)
+                    await target.run_case(random_frames(rng, case_frames, messages),
+                                          burst=rng.random() < 0.5)
             finally:
                 await target.close()
             epoch += 1

@@ -70,7 +70,8 @@ from ninep.transport.vhost_user import DEVICE_FEATURES, serve_vhost_user
 
 from security.harness import Canary, fd_count, rss_kib
 
-from .engine import ResourceTotals, build_export, random_frames, without_mknod_capability
+from .engine import ERROR_TYPES, ResourceTotals, build_export, decode_reply, error_errno, \
+    random_frames, without_mknod_capability
 
 MIB = 1 << 20
 U64_MAX = (1 << 64) - 1
@@ -135,7 +136,7 @@ class VhostFuzzStats(ResourceTotals):
     kinds: Counter = field(default_factory=Counter)  # chain kind -> generated
     outcomes: Counter = field(default_factory=Counter)  # (kind, "broken"/"reply"/"empty")
     replies: Counter = field(default_factory=Counter)  # 9P reply type -> count
-    errors: Counter = field(default_factory=Counter)  # Rlerror errno / control failure kind
+    errors: Counter = field(default_factory=Counter)  # error reply errno / control failure kind
     episodes: Counter = field(default_factory=Counter)
     control: Counter = field(default_factory=Counter)  # "ack-ok", "ack-fail", "reply", "dropped"...
     refused: Counter = field(default_factory=Counter)  # control request -> failures answered
@@ -162,7 +163,7 @@ class VhostFuzzStats(ResourceTotals):
                 f"{outcome['empty']} returned with used.len 0\n"
                 f"chain kinds: {top(self.kinds)}\n"
                 f"why broken: {top(why_broken)}\n"
-                f"9P replies: {top(self.replies)}\nRlerror by errno: {top(errnos)}\n"
+                f"9P replies: {top(self.replies)}\nerror replies by errno: {top(errnos)}\n"
                 f"control outcomes: {top(self.control)}\n"
                 f"control refusals: {top(self.refused, 12)}\n"
                 f"ring episodes: {top(self.episodes)}\n"
@@ -280,17 +281,18 @@ def reply_problem(request: bytes, reply: bytes) -> str | None:
     if len(reply) < p.HEADER_SIZE or struct.unpack_from("<I", reply)[0] != len(reply):
         return f"reply {reply[:16].hex()} does not say its own length {len(reply)}"
     try:
-        rtag, msg = p.decode(reply)
+        rtag, msg = decode_reply(reply)
     except p.ProtocolError as exc:
         return f"malformed reply {reply[:32].hex()}: {exc}"
+    ecode = error_errno(msg)
     if len(request) >= p.HEADER_SIZE:
         _, ttype, ttag = p.HEADER.unpack_from(request)
-        if rtag != ttag or type(msg).TYPE not in (ttype + 1, p.Rlerror.TYPE):
+        if rtag != ttag or type(msg).TYPE not in (ttype + 1, *ERROR_TYPES):
             return f"{type(msg).__name__} tag {rtag} answers type {ttype} tag {ttag}"
-    elif rtag != p.NOTAG or not isinstance(msg, p.Rlerror):
+    elif rtag != p.NOTAG or ecode is None:
         return f"a runt request got {type(msg).__name__} tag {rtag}"
-    if isinstance(msg, p.Rlerror) and msg.ecode == errno.EIO:
-        return "Rlerror(EIO): an internal error"
+    if ecode == errno.EIO:
+        return f"{type(msg).__name__}(EIO): an internal error"
     return None
 
 
@@ -1002,10 +1004,11 @@ class ChainFuzzer(FrontEndFuzzer):
             if problem:
                 raise VhostFuzzFailure(f"{chain.kind} head {chain.head} request "
                                        f"{request[:64].hex()}: {problem}")
-            _, msg = p.decode(reply)
+            _, msg = decode_reply(reply)
             self.stats.replies[type(msg).__name__] += 1
-            if isinstance(msg, p.Rlerror):
-                self.stats.errors[errno.errorcode.get(msg.ecode, str(msg.ecode))] += 1
+            ecode = error_errno(msg)
+            if ecode is not None:
+                self.stats.errors[errno.errorcode.get(ecode, str(ecode))] += 1
 
     def _check_memory(self, chains: list[Chain], before: tuple[bytes, bytes]) -> None:
         """Only the returned chains' writable buffers and the used ring may have changed."""

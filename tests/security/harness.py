@@ -284,11 +284,13 @@ class TappedReader:
         return data
 
 
-async def connect(path: str, msize: int = 65536, tap: bool = True) -> Client:
+async def connect(path: str, msize: int = 65536, tap: bool = True,
+                  version: str = "9P2000.L") -> Client:
     """A test client on *path*; with *tap*, ``client.reader.leaks`` lists canary sightings."""
     reader, writer = await asyncio.open_unix_connection(path, limit=msize + 4096)
     client = Client(TappedReader(reader) if tap else reader, writer)  # type: ignore[arg-type]
-    await asyncio.wait_for(client.version(msize), RPC_TIMEOUT)
+    reply = await asyncio.wait_for(client.version(msize, version), RPC_TIMEOUT)
+    assert reply.version == version, f"server answered {reply.version!r} to {version!r}"
     return client
 
 

@@ -41,8 +41,10 @@ async def test_version_accepts_4mib_when_server_allows_it(serve, export: Path) -
 
 
 @pytest.mark.parametrize("version,answer", [
-    ("9P2000.L", "9P2000.L"), ("9P2000", "unknown"), ("9P2000.u", "unknown"), ("", "unknown"),
-    ("9P2000.Lx", "unknown")])
+    ("9P2000.L", "9P2000.L"), ("9P2000.L.ext", "9P2000.L"), ("9P2000", "9P2000"),
+    ("9P2000.u", "9P2000.u"), ("9P2000.u.ext", "9P2000.u"), ("", "unknown"), ("9P1999", "unknown"),
+    # An unknown 9P2000 extension falls back to plain 9P2000 (version(5)).
+    ("9P2000.Lx", "9P2000"), ("9P2000.X", "9P2000")])
 async def test_version_string(served: Client, version: str, answer: str) -> None:
     assert (await served.version(8192, version)).version == answer
 
