@@ -87,7 +87,8 @@ async def virtqueue_ops(sock: str) -> tuple[Ops, Callable[[], None]]:
 
     async def read(offset: int, count: int) -> bytes:
         # The Linux client's zero-copy layout: an 11-byte header, then pages.
-        reply = await n.rpc(p.Tread(fid, offset, count), in_sizes=split_sizes(11 + count, 11))
+        reply = await n.rpc(p.Tread(fid, offset, count), in_sizes=split_sizes(11 + count, 11),
+                            scattered=True)
         return reply.data
 
     return Ops("virtqueue (vhost-user)", lambda: n.getattr(fid), walk_clunk, read,

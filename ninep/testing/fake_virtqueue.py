@@ -169,6 +169,8 @@ class PendingRequest:
     future: asyncio.Future
     data: bytes = b""
     length: int = -1
+    #: free bytes left after each buffer (add_chain's *scattered*), freed with it
+    gap: int = 0
 
     @property
     def in_capacity(self) -> int:
@@ -274,16 +276,22 @@ class DriverQueue:
     # --- requests -------------------------------------------------------------------------
 
     def add_chain(self, out: Sequence[bytes | memoryview], in_sizes: Sequence[int], *,
-                  indirect: bool = True, publish: bool = True) -> PendingRequest:
-        """Copy *out* segments into guest RAM, reserve *in_sizes*, make one chain available."""
+                  indirect: bool = True, publish: bool = True, scattered: bool = False) -> PendingRequest:
+        """Copy *out* segments into guest RAM, reserve *in_sizes*, make one chain available.
+
+        Buffers are allocated one after another, so the device may see them as one
+        run of guest memory; *scattered* puts a gap between them, as a real guest's
+        pinned pages usually have.
+        """
+        gap = 64 if scattered else 0
         out_buffers = []
         for seg in out:
-            gpa = self.ram.alloc(len(seg), 8)
+            gpa = self.ram.alloc(len(seg) + gap, 8)
             self.ram.write(gpa, seg)
             out_buffers.append((gpa, len(seg)))
         in_buffers = []
         for n in in_sizes:
-            gpa = self.ram.alloc(n, 8)
+            gpa = self.ram.alloc(n + gap, 8)
             self.ram.fill(gpa, n, 0xA5)  # stale bytes a bogus length would expose
             in_buffers.append((gpa, n))
         segs = [(g, n, 0) for g, n in out_buffers] + [(g, n, VIRTQ_DESC_F_WRITE) for g, n in in_buffers]
@@ -305,7 +313,7 @@ class DriverQueue:
                                 0 if last else descriptors[i + 1])
             head = descriptors[0]
         req = PendingRequest(head, out_buffers, in_buffers, descriptors, table,
-                             self._get_loop().create_future())
+                             self._get_loop().create_future(), gap=gap)
         self.pending[head] = req
         if publish:
             self.publish(head)
@@ -356,7 +364,7 @@ class DriverQueue:
             data = b"".join(self.ram.read(g, n) for g, n in req.in_buffers)
             req.data = data[:length]
         for gpa, n in req.out_buffers + req.in_buffers:
-            self.ram.free(gpa, n)
+            self.ram.free(gpa, n + req.gap)
         if req.table is not None:
             self.ram.free(*req.table)
         self.free_heads.extend(reversed(req.descriptors))
@@ -443,7 +451,8 @@ class VirtioNinePDriver:
 
     def submit(self, msg: Any, *, tag: int | None = None, reply_size: int | None = None,
                in_sizes: Sequence[int] | None = None, out_sizes: Sequence[int] | None = None,
-               indirect: bool = True, kick: bool = True) -> tuple[int, PendingRequest]:
+               indirect: bool = True, kick: bool = True,
+               scattered: bool = False) -> tuple[int, PendingRequest]:
         """Make one request available (and kick); returns (tag, pending)."""
         if tag is None:
             tag = p.NOTAG if isinstance(msg, p.Tversion) else next(self._tags)
@@ -451,7 +460,7 @@ class VirtioNinePDriver:
         out = split_bytes(frame, out_sizes) if out_sizes else [frame]
         if in_sizes is None:
             in_sizes = [reply_size if reply_size is not None else self.msize]
-        req = self.driver.add_chain(out, in_sizes, indirect=indirect)
+        req = self.driver.add_chain(out, in_sizes, indirect=indirect, scattered=scattered)
         if kick:
             self.driver.kick()
         return tag, req
@@ -509,14 +518,16 @@ class VirtioNinePDriver:
         return await self.rpc(p.Tgetattr(fid, p.GETATTR_BASIC), reply_size=256)
 
     async def read(self, fid: int, offset: int, count: int) -> bytes:
-        """A zero-copy style Tread: an 11-byte header segment, then pages."""
-        reply = await self.rpc(p.Tread(fid, offset, count), in_sizes=split_sizes(11 + count, 11))
+        """A zero-copy style Tread: an 11-byte header segment, then pages (not adjacent
+        in guest memory, as a real guest's pinned pages mostly are not)."""
+        reply = await self.rpc(p.Tread(fid, offset, count), in_sizes=split_sizes(11 + count, 11),
+                               scattered=True)
         return reply.data
 
     async def write(self, fid: int, offset: int, data: bytes) -> int:
-        """A zero-copy style Twrite: the 23-byte header segment, then pages."""
+        """A zero-copy style Twrite: the 23-byte header segment, then pages (scattered)."""
         reply = await self.rpc(p.Twrite(fid, offset, data),
-                               out_sizes=split_sizes(23 + len(data), 23), reply_size=64)
+                               out_sizes=split_sizes(23 + len(data), 23), reply_size=64, scattered=True)
         return reply.count
 
     async def readdir(self, fid: int, offset: int, count: int,

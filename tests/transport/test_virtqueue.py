@@ -74,7 +74,7 @@ async def test_chain_segments_and_reply_through_the_used_ring(indirect):
 async def test_views_are_guest_memory_not_copies():
     deferred = Deferred()
     async with FakeVirtqueue(deferred) as fv:
-        req = fv.driver.add_chain([b"abcd"], [4096, 4096])
+        req = fv.driver.add_chain([b"abcd"], [4096, 4096], scattered=True)
         fv.driver.kick()
         await until(lambda: deferred.items)
         request, sink = deferred.items[0]
@@ -88,6 +88,25 @@ async def test_views_are_guest_memory_not_copies():
         assert fv.ram.read(req.in_buffers[1][0], 4) == b"xxxx"
         sink.commit(4500)
         assert await fv.driver.wait(req) == 4500
+
+
+async def test_adjacent_descriptors_become_one_view():
+    """Descriptors that continue each other in guest memory (in the same direction)
+    are one view, so a 128-page Tread is not 128 slices and 128 iovecs; a gap, or a
+    change of direction, starts a new one."""
+    deferred = Deferred()
+    async with FakeVirtqueue(deferred) as fv:
+        fv.driver.add_chain([b"abcdefgh", b"ijklmnop"], [4096, 4096])
+        fv.driver.add_chain([b"abcdefgh", b"ijklmnop"], [4096, 4096], scattered=True)
+        fv.driver.kick()
+        await until(lambda: len(deferred.items) == 2)
+        (adj_req, adj_sink), (gap_req, gap_sink) = deferred.items
+        assert [bytes(v) for v in adj_req] == [b"abcdefghijklmnop"]
+        assert [len(v) for v in adj_sink.reserve(8192)] == [8192]
+        assert [bytes(v) for v in gap_req] == [b"abcdefgh", b"ijklmnop"]
+        assert [len(v) for v in gap_sink.reserve(8192)] == [4096, 4096]
+        adj_sink.commit(0)
+        gap_sink.commit(0)
 
 
 async def test_requests_complete_out_of_order():

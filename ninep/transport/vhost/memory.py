@@ -130,6 +130,12 @@ class GuestMemory:
 
     def __init__(self) -> None:
         self._regions: list[MappedRegion] = []
+        #: (gpa, end, view) per region, for locate() on the chain-walking hot path
+        self._spans: list[tuple[int, int, memoryview]] = []
+
+    def _index(self) -> None:
+        self._spans = [(m.region.gpa, m.region.gpa + m.region.size, m.view)
+                       for m in self._regions if m.view is not None]
 
     # --- building the table ---------------------------------------------------------------
 
@@ -145,12 +151,14 @@ class GuestMemory:
                 raise GuestMemoryError(f"region uva={region.uva:#x} overlaps uva={o.uva:#x}")
         self._regions.append(MappedRegion(region, fd))
         self._regions.sort(key=lambda r: r.region.gpa)
+        self._index()
 
     def remove(self, region: MemoryRegion) -> bool:
         """Unmap the region with the same gpa, uva and size; False if there is none."""
         for i, mapped in enumerate(self._regions):
             if mapped.region.same_as(region):
                 del self._regions[i]
+                self._index()
                 mapped.close()
                 return True
         return False
@@ -161,6 +169,7 @@ class GuestMemory:
         True if every region was unmapped now, False if some view still holds one.
         """
         regions, self._regions = self._regions, []
+        self._spans = []
         return all([mapped.close() for mapped in regions])
 
     @property
@@ -188,6 +197,17 @@ class GuestMemory:
             addr += take
             length -= take
         return out
+
+    def locate(self, addr: int) -> tuple[int, int, memoryview]:
+        """The region holding guest-physical *addr*: its gpa, its end and a view of it.
+
+        For callers that cut many ranges from one region (a descriptor chain):
+        they check ``addr + length <= end`` themselves and slice the view.
+        """
+        for start, end, view in self._spans:
+            if start <= addr < end:
+                return start, end, view
+        raise GuestMemoryError(f"guest address {addr:#x} is not in guest memory")
 
     def gpa_view(self, addr: int, length: int) -> memoryview:
         """One view of guest-physical ``[addr, addr+length)``; it must lie in one region."""

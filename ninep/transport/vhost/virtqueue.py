@@ -199,8 +199,6 @@ class SplitVirtqueue:
         self._reader_loop: asyncio.AbstractEventLoop | None = None
         #: The loop the ring runs on (cached: on 3.11 get_running_loop() is a getpid()).
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: True while process_avail pops chains: completions then wait for its end.
-        self._dispatching = False
 
     # --- configuration (control plane) -----------------------------------------------
 
@@ -356,15 +354,6 @@ class SplitVirtqueue:
             self._resume_handle = None
         if not self.started or not self.enabled or self.broken:
             return
-        self._dispatching = True
-        try:
-            self._pop_chains()
-        finally:
-            self._dispatching = False
-        if self._published != self._used_idx:  # some chains were answered while popping
-            self._publish_soon()
-
-    def _pop_chains(self) -> None:
         avail = self._avail
         num = self.num
         assert avail is not None
@@ -455,30 +444,60 @@ class SplitVirtqueue:
         out_bytes = in_bytes = 0
         count = 0
         seen_writable = False  # by descriptor: a zero-length one has no views
+        # Descriptors that continue each other in guest memory (and in direction)
+        # become one view: each view costs a slice here and an iovec in
+        # preadv/pwritev, and a guest's pinned pages are adjacent now and then.
+        run: memoryview | None = None  # region view the current run is cut from
+        run_out = readable  # the list the run goes to
+        run_lo = run_hi = 0  # the run's bytes in that view
+        run_end = 0  # guest address right after the run
+        region_start = region_end = 0  # the region of the last lookup
+        view = memoryview(b"")
         while True:
             count += 1
             if count > limit:
                 raise BrokenChain(f"chain longer than {limit} descriptors (a loop?)")
             if flags & VIRTQ_DESC_F_INDIRECT:
                 raise BrokenChain("indirect descriptor inside a chain or an indirect table")
-            try:
-                views = memory.gpa_views(addr, length)
-            except GuestMemoryError as exc:
-                raise BrokenChain(str(exc)) from None
             if flags & VIRTQ_DESC_F_WRITE:
                 seen_writable = True
-                writable.extend(views)
+                out = writable
                 in_bytes += length
             else:
                 if seen_writable:
                     raise BrokenChain("readable descriptor after a writable one")
-                readable.extend(views)
+                out = readable
                 out_bytes += length
+            if length:
+                if run is not None and addr == run_end and out is run_out and addr + length <= region_end:
+                    run_hi += length
+                    run_end += length
+                else:
+                    if run is not None:
+                        run_out.append(run[run_lo:run_hi])
+                    if not region_start <= addr < region_end:  # else: the last run's region
+                        try:
+                            region_start, region_end, view = memory.locate(addr)
+                        except GuestMemoryError as exc:
+                            raise BrokenChain(str(exc)) from None
+                    if addr + length <= region_end:
+                        run, run_out = view, out
+                        run_lo = addr - region_start
+                        run_hi = run_lo + length
+                        run_end = addr + length
+                    else:  # crosses into the next region: one view per region
+                        run = None
+                        try:
+                            out.extend(memory.gpa_views(addr, length))
+                        except GuestMemoryError as exc:
+                            raise BrokenChain(str(exc)) from None
             if not flags & VIRTQ_DESC_F_NEXT:
                 break
             if nxt >= entries:
                 raise BrokenChain(f"next index {nxt} outside a table of {entries}")
             addr, length, flags, nxt = DESC.unpack_from(table, 16 * nxt)
+        if run is not None:
+            run_out.append(run[run_lo:run_hi])
         if in_bytes > 0xFFFFFFFF or out_bytes > 0xFFFFFFFF:
             raise BrokenChain("chain length overflows 32 bits")
         return readable, writable, out_bytes, in_bytes
@@ -493,20 +512,14 @@ class SplitVirtqueue:
         self.stats.completed += 1
         USED_ELEM.pack_into(self._used, 4 + 8 * (self._used_idx % self.num), head, length)
         self._used_idx = (self._used_idx + 1) & 0xFFFF
-        if not self._dispatching:  # else process_avail publishes when its pass ends
-            self._publish_soon()
+        if self._flush_handle is None:
+            # Publish used.idx and notify once per loop iteration, for all completions
+            # in it. (Doing it at once for a lone completion measured slower in the
+            # guest: bench/OPTIMISATIONS.md, vhost-user round 1.)
+            self._flush_handle = self._get_loop().call_soon(self._flush_used)
         if self._throttled and self._inflight < self.num:
             self._throttled = False
             self._get_loop().call_soon(self.process_avail)
-
-    def _publish_soon(self) -> None:
-        """Publish used.idx (and notify) now if nothing else is in flight: the guest
-        then waits for these replies alone. Otherwise once at the end of this loop
-        iteration, for all the completions in it."""
-        if self._inflight == 0:
-            self._flush_used()
-        elif self._flush_handle is None:
-            self._flush_handle = self._get_loop().call_soon(self._flush_used)
 
     def _get_loop(self) -> asyncio.AbstractEventLoop:
         loop = self._loop
