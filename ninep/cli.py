@@ -20,6 +20,8 @@ from .backends.local.secmodel import MODEL_CHOICES
 from .backends.qid import MULTIDEVS_CHOICES
 from .fsdev import FsdevError, parse_fsdev
 from .server.session import SessionConfig
+from .server.stats import Stats
+from .transport.metrics import MetricsServer, parse_stats_address
 from .transport.stream import ListenAddress, StreamServer
 
 log = logging.getLogger("ninep")
@@ -145,6 +147,14 @@ def add_logging_options(ap: argparse.ArgumentParser) -> None:
                    help=_choice_help("least severe message logged on stderr", LOG_LEVELS, "info"))
 
 
+def add_statistics_options(ap: argparse.ArgumentParser) -> None:
+    g = ap.add_argument_group("statistics", "live counters; read them with: ninep stats ADDR "
+                              "[--watch], or scrape http://ADDR/metrics (Prometheus text)")
+    g.add_argument("--stats", metavar="ADDR",
+                   help="serve statistics on unix:PATH or tcp:127.0.0.1:PORT (loopback only; "
+                        "default: off, and then nothing is counted)")
+
+
 #: The options that --fsdev may set too: None on the command line means "not given"
 #: (security_model stays None unless given: only the local back end accepts one).
 DEFAULTS: dict[str, Any] = {
@@ -155,7 +165,7 @@ DEFAULTS: dict[str, Any] = {
 #: One function per option group; a new group is one more function here.
 OPTION_GROUPS: list[Callable[[argparse.ArgumentParser], None]] = [
     add_transport_options, add_backend_options, add_security_options, add_limit_options,
-    add_logging_options,
+    add_logging_options, add_statistics_options,
 ]
 
 
@@ -225,6 +235,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.listen = [ListenAddress.parse(a) for a in args.listen]
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    try:
+        args.stats = None if args.stats is None else parse_stats_address(args.stats)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if len(args.tag.encode()) > 254:
         raise UsageError("--tag must be at most 254 bytes")
     return args
@@ -233,8 +247,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = None) -> None:
     backend = make_backend(args)
     config = SessionConfig(msize=args.msize, readonly=args.readonly, max_fids=args.max_fids,
-                           max_inflight=args.max_inflight, max_xattr_size=args.max_xattr_size)
+                           max_inflight=args.max_inflight, max_xattr_size=args.max_xattr_size,
+                           stats=Stats() if args.stats is not None else None)
     servers: list[StreamServer] = []
+    metrics: MetricsServer | None = None
     tasks: list[asyncio.Task] = []
     # Before anything listens: a SIGTERM from whoever saw the socket appear
     # must stop us cleanly, not kill us.
@@ -243,6 +259,12 @@ async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = Non
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        if config.stats is not None:
+            metrics = MetricsServer(config.stats.prometheus)
+            try:
+                await metrics.start(args.stats)
+            except OSError as exc:
+                raise OSError(exc.errno, f"--stats {args.stats}: {exc.strerror or exc}") from None
         for address in args.listen:
             server = StreamServer(lambda: backend, config)
             try:
@@ -270,6 +292,8 @@ async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = Non
         await asyncio.gather(*tasks, return_exceptions=True)
         for server in servers:
             await server.close()
+        if metrics is not None:
+            await metrics.close()
         await backend.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -283,6 +307,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["stats"]:
+        from .statsview import main as stats_main
+        return stats_main(argv[1:])
     try:
         args = parse_args(argv)
     except UsageError as exc:

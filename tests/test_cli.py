@@ -15,6 +15,7 @@ import pytest
 
 from ninep.cli import main
 from ninep.client import Client
+from ninep.testing.process import wait_for_path
 
 NINEP = [sys.executable, "-m", "ninep"]
 
@@ -165,7 +166,8 @@ def test_help_groups_the_options(capsys) -> None:
         main(["--help"])
     out = capsys.readouterr().out
     headings = [line[:-1] for line in out.splitlines() if line.endswith(":") and not line[0].isspace()]
-    assert headings[-5:] == ["transports", "back end", "security", "limits", "logging"], headings
+    assert headings[1:7] == ["transports", "back end", "security", "limits", "logging",
+                            "statistics"], headings
 
 
 def test_version() -> None:
@@ -223,7 +225,7 @@ async def _serve_and_check_readonly(args: list[str], export: Path, sock: Path) -
         *NINEP, *args, "--listen", f"unix:{sock}", "--log-level", "warning",
         stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        await _wait_for_socket(proc, sock)
+        await wait_for_path(proc, sock)
         async with await Client.connect_unix(str(sock), msize=65536) as client:
             root = await client.attach()
             fid = await client.walk_open(root, ["hello.txt"])
@@ -260,22 +262,12 @@ async def test_the_real_process_serves_an_fsdev_proxy_string(export: Path, sockd
         sys.executable, "-m", "ninep.helper", "-p", str(export), "-s", str(helper_sock),
         "-u", "0", "-g", "0", "-n", stdin=subprocess.DEVNULL)
     try:
-        await _wait_for_socket(helper, helper_sock)
+        await wait_for_path(helper, helper_sock)
         await _serve_and_check_readonly(["--fsdev", f"proxy,socket={helper_sock},readonly=on"],
                                         export, sockdir / "s")
     finally:
         helper.terminate()
         await helper.wait()
-
-
-async def _wait_for_socket(proc: asyncio.subprocess.Process, path: Path) -> None:
-    for _ in range(1000):
-        if path.exists():
-            return
-        if proc.returncode is not None:
-            break
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"the server never listened (exit status {proc.returncode})")
 
 
 async def test_the_real_process_serves_until_sigterm(export: Path, sockdir: Path) -> None:
@@ -285,7 +277,7 @@ async def test_the_real_process_serves_until_sigterm(export: Path, sockdir: Path
         *NINEP, "--export", str(export), "--listen", f"unix:{sock}", "--log-level", "warning",
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        await _wait_for_socket(proc, sock)
+        await wait_for_path(proc, sock)
         async with await Client.connect_unix(str(sock), msize=65536) as client:
             assert client.msize == 65536
             root = await client.attach()
