@@ -171,8 +171,8 @@ def render(now: Snapshot, before: Snapshot | None, where: str) -> str:
     interval = now.taken - before.taken if before is not None else 0.0
     ops = _difference(now, before)
     fids = sum(s[1] for s in now.sessions)
-    lines = [f"ninep pid {now.pid} at {where}   up {_uptime(now.taken - now.start_time)}   "
-             f"sessions {len(now.sessions)}   fids {fids:.0f}   in flight {now.in_flight:.0f}"]
+    lines = [(f"ninep pid {now.pid} at {where}   up {_uptime(now.taken - now.start_time)}   "
+              f"sessions {len(now.sessions)}   fids {fids:.0f}   in flight {now.in_flight:.0f}")]
     if before is not None and interval > 0:
         lines.append(f"read {_size((now.read_bytes - before.read_bytes) / interval)}/s   "
                      f"written {_size((now.written_bytes - before.written_bytes) / interval)}/s"

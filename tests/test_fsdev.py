@@ -24,8 +24,8 @@ def test_split_options(text: str, pairs: list[tuple[str, str]]) -> None:
 @pytest.mark.parametrize("text,expected", [
     ("local,path=/srv,security_model=passthrough",
      {"backend": "local", "export": "/srv", "security_model": "passthrough"}),
-    ("local,id=fs0,path=/srv,security_model=mapped,readonly=on,fmode=0644,dmode=0755,"
-     "multidevs=forbid,writeout=none",
+    (("local,id=fs0,path=/srv,security_model=mapped,readonly=on,fmode=0644,dmode=0755,"
+      "multidevs=forbid,writeout=none"),
      {"backend": "local", "export": "/srv", "security_model": "mapped", "readonly": True,
       "fmode": 0o644, "dmode": 0o755, "multidevs": "forbid"}),
     # QEMU reads numbers as strtoull(…, 0) and keeps the permission bits.

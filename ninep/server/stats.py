@@ -42,7 +42,7 @@ def errno_name(code: int) -> str:
 class OpStats:
     """The counters of one 9P operation."""
 
-    __slots__ = ("requests", "errors", "flushed", "buckets", "sum_ns")
+    __slots__ = ("buckets", "errors", "flushed", "requests", "sum_ns")
 
     def __init__(self) -> None:
         self.requests = 0
@@ -136,7 +136,7 @@ class Stats:
 class _CountingSink(ReplySink):
     """A reply sink that counts its request into :class:`Stats` on the way out."""
 
-    __slots__ = ("_stats", "_op", "_sink", "_start", "capacity")
+    __slots__ = ("_op", "_sink", "_start", "_stats", "capacity")
 
     def __init__(self, stats: Stats, op: OpStats, sink: ReplySink) -> None:
         self._stats = stats

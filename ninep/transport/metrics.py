@@ -26,7 +26,7 @@ _READ_TIMEOUT = 10.0
 def parse_stats_address(text: str) -> ListenAddress:
     """``unix:PATH`` or ``tcp:HOST:PORT`` on a loopback address (``localhost``,
     127.0.0.0/8, ::1); a bare path is a Unix socket."""
-    if text.startswith("/") or text.startswith("."):
+    if text.startswith(("/", ".")):
         text = "unix:" + text
     try:
         address = ListenAddress.parse(text)
@@ -86,8 +86,7 @@ class MetricsServer:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _READ_TIMEOUT)
             status, body = self._answer(head.split(b"\r\n", 1)[0])
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
-                ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             status, body = "400 Bad Request", "expected GET /metrics\n"
         data = body.encode()
         writer.write(f"HTTP/1.0 {status}\r\nContent-Type: {CONTENT_TYPE}\r\n"

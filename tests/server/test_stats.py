@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from ninep.client import Client
-from ninep.testing.process import wait_for_path
 from ninep.protocol import ninep as p
 from ninep.server.session import SessionConfig
 from ninep.server.stats import Stats
 from ninep.statsview import fetch, parse, quantile
+from ninep.testing.process import wait_for_path
 from ninep.transport.metrics import parse_stats_address
 
 NINEP = [sys.executable, "-m", "ninep"]
@@ -278,3 +278,27 @@ def test_the_text_round_trips_through_the_viewer() -> None:
     snap = parse(stats.prometheus())
     assert snap.ops["walk"].requests == 1 and snap.errors[("walk", "ENOENT")] == 1
     assert sink_frames == [p.encode_rlerror(1, errno.ENOENT)]  # passed through unchanged
+
+
+async def test_a_flushed_queued_request_is_counted_as_flushed(gated) -> None:
+    """A request flushed before it started is dropped, through the counting sink."""
+    from session_helpers import Direct
+
+    from ninep.server.session import Session
+    stats = Stats()
+    session = Session(gated, SessionConfig(max_inflight=1, stats=stats))
+    direct = Direct(session)
+    await direct.ok(p.Tattach(0, p.NOFID, "root", "", 0))
+    first = direct.submit(p.encode(p.Tstatfs(0), 1))
+    await gated.wait_entered(1)
+    queued = direct.submit(p.encode(p.Treadlink(0), 2))
+    assert await direct.call(p.Tflush(2), tag=3) == p.Rflush()
+    gated.gate.set()
+    await first.reply
+    assert queued.dropped  # the transport still got its drop
+    now = samples(stats.prometheus())
+    assert now['ninep_flushed_total{op="readlink"}'] == 1
+    assert now['ninep_requests_total{op="readlink"}'] == 1
+    assert now['ninep_requests_total{op="statfs"}'] == 1
+    await session.close()
+    assert samples(stats.prometheus())["ninep_sessions"] == 0
