@@ -152,8 +152,9 @@ def _start_server(export: Path, work: Path, label: str, pythonpath: str | None,
     tree, *extra* adds options."""
     vsock, ssock = str(work / f"{label}-vu.sock"), str(work / f"{label}-st.sock")
     env = dict(os.environ)
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath
+    # The server runs in a temporary directory: without PYTHONPATH it would import
+    # whichever ninep is installed, not this tree's.
+    env["PYTHONPATH"] = pythonpath or str(REPO)
     proc = subprocess.Popen([sys.executable, "-m", "ninep", "--export", str(export), "--socket-path", vsock,
                              "--tag", "vu9p", "--listen", f"unix:{ssock}", "--msize", str(MSIZE),
                              "--log-level", "warning", *extra], cwd=work, stdin=subprocess.DEVNULL, env=env)
