@@ -192,8 +192,9 @@ def apply_fsdev(args: argparse.Namespace) -> None:
     for attr, value in settings.items():
         given = getattr(args, attr)
         if given is not None and given != value:
-            raise UsageError(f"--fsdev sets {_option(attr)} to {value}, but {_option(attr)} {given} "
-                             "is also given: give it once")
+            shown = (f"{value:#o}", f"{given:#o}") if attr in ("fmode", "dmode") else (value, given)
+            raise UsageError(f"--fsdev sets {_option(attr)} to {shown[0]}, but {_option(attr)} "
+                             f"{shown[1]} is also given: give it once")
         setattr(args, attr, value)
 
 

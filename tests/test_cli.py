@@ -61,6 +61,8 @@ BAD_OPTIONS = [
     (["--listen", "unix:{sock}", "--security-model", "none", "--fsdev",
       "local,path={export},security_model=mapped"], "--security-model none is also given", False),
     (["--listen", "unix:{sock}", "--backend", "proxy"], "--export", False),
+    (["--listen", "unix:{sock}", "--fmode", "0600", "--fsdev",
+      "local,path={export},security_model=mapped,fmode=0640"], "--fmode to 0o640", False),
 ]
 #: Refused only once serving starts (so only a real process shows them).
 BAD_AT_START = [
