@@ -147,24 +147,27 @@ async def batch(ops: Ops, what: str, n: int, rng: random.Random) -> Callable[[],
     return run
 
 
-def _start_server(export: Path, work: Path, label: str, pythonpath: str | None) -> tuple[subprocess.Popen, str, str]:
-    """A ``python -m ninep`` serving vhost-user and a Unix socket; *pythonpath* picks another tree."""
+def _start_server(export: Path, work: Path, label: str, pythonpath: str | None,
+                  extra: Sequence[str] = ()) -> tuple[subprocess.Popen, str, str]:
+    """A ``python -m ninep`` serving vhost-user and a Unix socket; *pythonpath* picks another
+    tree, *extra* adds options."""
     vsock, ssock = str(work / f"{label}-vu.sock"), str(work / f"{label}-st.sock")
     env = dict(os.environ)
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath
+    # The server runs in a temporary directory: without PYTHONPATH it would import
+    # whichever ninep is installed, not this tree's.
+    env["PYTHONPATH"] = pythonpath or str(REPO)
     proc = subprocess.Popen([sys.executable, "-m", "ninep", "--export", str(export), "--socket-path", vsock,
                              "--tag", "vu9p", "--listen", f"unix:{ssock}", "--msize", str(MSIZE),
-                             "--log-level", "warning"], cwd=work, stdin=subprocess.DEVNULL, env=env)
+                             "--log-level", "warning", *extra], cwd=work, stdin=subprocess.DEVNULL, env=env)
     return proc, vsock, ssock
 
 
 async def measure_server(export: Path, work: Path, n: int, reps: int,
-                         servers: Sequence[tuple[str, str | None]] = (("", None),),
+                         servers: Sequence[tuple[str, str | None, Sequence[str]]] = (("", None, ()),),
                          log=print) -> dict[str, dict[str, list[float]]]:
     """``{transport: {request: [server CPU µs per request, one per rep]}}`` (and wall µs).
 
-    With several *servers* (label, PYTHONPATH), each runs its own process and
+    With several *servers* (label, PYTHONPATH, extra options), each runs its own process and
     their batches interleave, so that before/after comparisons see the same load.
     """
     procs = []
@@ -172,8 +175,8 @@ async def measure_server(export: Path, work: Path, n: int, reps: int,
     results: dict[str, dict[str, list[float]]] = {}
     try:
         transports: list[tuple[Ops, subprocess.Popen]] = []
-        for label, pythonpath in servers:
-            proc, vsock, ssock = _start_server(export, work, label or "ninep", pythonpath)
+        for label, pythonpath, extra in servers:
+            proc, vsock, ssock = _start_server(export, work, label or "ninep", pythonpath, extra)
             procs.append(proc)
             deadline = time.monotonic() + 30
             while not os.path.exists(ssock):
@@ -329,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--ab", metavar="DIR",
                     help="also run the server from another copy of the package (PYTHONPATH=DIR), "
                          "interleaved with this tree's: a before/after comparison under the same load")
+    ap.add_argument("--stats", action="store_true",
+                    help="also run this tree's server with --stats (counting every request)")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="ninep-micro-", dir="/tmp"))
     try:
@@ -340,7 +345,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f.write(os.urandom(1 << 20))
         host_us = {size: host_read_us(data, size) for size in (4 * KIB, 512 * KIB)}
         print("server CPU per request ...")
-        servers = [("before", args.ab), ("after", None)] if args.ab else [("", None)]
+        servers: list[tuple[str, str | None, Sequence[str]]] = \
+            [("before", args.ab, ()), ("after", None, ())] if args.ab else [("", None, ())]
+        if args.stats:
+            servers.append(("stats", None, ("--stats", f"unix:{work}/stats.sock")))
         server = asyncio.run(measure_server(export, work, args.n, args.reps, servers))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 
 from ninep.cli import main
 from ninep.client import Client
+from ninep.testing.process import wait_for_path
 
 NINEP = [sys.executable, "-m", "ninep"]
 
@@ -46,6 +48,21 @@ BAD_OPTIONS = [
     (["--export", "{export}", "--listen", "unix:{sock}", "--fmode", "0644"], "--fmode", True),
     (["--export", "{export}", "--listen", "unix:{sock}", "--bogus"], "--bogus", True),
     (["--export", "{export}", "--listen", "unix:{sock}", "--inline", "always"], "--inline", False),
+    (["--export", "{export}", "--listen", "unix:{sock}", "--backend", "nfs"],
+     "local, handle, proxy", True),
+    (["--export", "{export}", "--listen", "unix:{sock}", "--multidevs", "merge"],
+     "remap, forbid, warn", False),
+    (["--listen", "unix:{sock}", "--fsdev", "local,path={export}"],
+     "--fsdev: security_model property not set", True),
+    (["--listen", "unix:{sock}", "--fsdev", "local,path={missing},security_model=none"],
+     "not a directory", False),
+    (["--export", "{export}", "--listen", "unix:{sock}", "--fsdev",
+      "local,path={missing},security_model=none"], "is also given: give it once", False),
+    (["--listen", "unix:{sock}", "--security-model", "none", "--fsdev",
+      "local,path={export},security_model=mapped"], "--security-model none is also given", False),
+    (["--listen", "unix:{sock}", "--backend", "proxy"], "--export", False),
+    (["--listen", "unix:{sock}", "--fmode", "0600", "--fsdev",
+      "local,path={export},security_model=mapped,fmode=0640"], "--fmode to 0o640", False),
 ]
 #: Refused only once serving starts (so only a real process shows them).
 BAD_AT_START = [
@@ -108,14 +125,151 @@ def test_help_exits_0() -> None:
     assert "--export" in result.stdout and "--listen" in result.stdout
 
 
-async def _wait_for_socket(proc: asyncio.subprocess.Process, path: Path) -> None:
-    for _ in range(1000):
-        if path.exists():
-            return
-        if proc.returncode is not None:
+def _help_entry(help_text: str, option: str) -> str:
+    """The help of one option, joined onto one line."""
+    lines = help_text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith(option + " "))
+    entry = [lines[start]]
+    for line in lines[start + 1:]:
+        if not line.startswith(" " * 8) or line.strip().startswith("--"):
             break
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"the server never listened (exit status {proc.returncode})")
+        entry.append(line)
+    return " ".join(" ".join(entry).split()).replace("- ", "-")
+
+
+@pytest.mark.parametrize("option,choices,default", [
+    ("--backend", ["local", "handle", "proxy"], "local"),
+    ("--security-model", ["passthrough", "mapped-xattr", "mapped", "mapped-file", "none"],
+     "passthrough"),
+    ("--multidevs", ["remap", "forbid", "warn"], "warn"),
+    ("--msize", [], "512000"),
+    ("--threads", [], "4 x cores"),
+    ("--inline", ["auto", "never"], "auto"),
+    ("--log-level", ["debug", "info", "warning", "error"], "info"),
+    ("--fmode", [], "0600"),
+    ("--dmode", [], "0700"),
+    ("--max-fids", [], "65536"),
+    ("--max-inflight", [], "1024"),
+    ("--tag", [], "ninep"),
+])
+def test_help_names_every_choice_and_default(capsys, option: str, choices: list[str],
+                                             default: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    entry = _help_entry(capsys.readouterr().out, option)
+    assert f"(default: {default}" in entry, entry
+    for choice in choices:
+        assert choice in entry, (choice, entry)
+
+
+def test_help_groups_the_options(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    headings = [line[:-1] for line in out.splitlines() if line.endswith(":") and not line[0].isspace()]
+    assert headings[1:7] == ["transports", "back end", "security", "limits", "logging",
+                            "statistics"], headings
+
+
+def test_version() -> None:
+    import ninep
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"ninep {ninep.__version__}"
+
+
+# --- --fsdev: QEMU's option string ---------------------------------------------------------
+
+def test_fsdev_sets_the_same_options_as_the_long_flags(export: Path) -> None:
+    from ninep.cli import parse_args
+    args = parse_args(["--listen", "unix:/x", "--fsdev",
+                       f"local,id=fs0,path={export},security_model=mapped-file,readonly=on,"
+                       "fmode=0640,dmode=0750,multidevs=remap"])
+    assert (args.backend, args.export, args.security_model, args.readonly, args.fmode,
+            args.dmode, args.multidevs) == \
+        ("local", str(export), "mapped-file", True, 0o640, 0o750, "remap")
+    same = parse_args(["--listen", "unix:/x", "--export", str(export), "--security-model",
+                       "mapped-file", "--readonly", "--fmode", "0640", "--dmode", "0750",
+                       "--multidevs", "remap"])
+    assert vars(same) | {"fsdev": None} == vars(args) | {"fsdev": None}
+
+
+def test_fsdev_agrees_with_a_long_flag_that_says_the_same(export: Path) -> None:
+    from ninep.cli import parse_args
+    args = parse_args(["--listen", "unix:/x", "--export", str(export), "--readonly",
+                       "--fsdev", f"local,path={export},security_model=none,readonly=on"])
+    assert args.readonly is True and args.security_model == "none"
+
+
+def test_fsdev_path_with_a_comma(tmp_path: Path) -> None:
+    from ninep.cli import parse_args
+    odd = tmp_path / "a,b"
+    odd.mkdir()
+    args = parse_args(["--listen", "unix:/x", "--fsdev",
+                       f"local,path={str(odd).replace(',', ',,')},security_model=passthrough"])
+    assert args.export == str(odd)
+
+
+def test_fsdev_proxy_needs_no_export() -> None:
+    from ninep.cli import parse_args
+    args = parse_args(["--listen", "unix:/x", "--fsdev", "proxy,socket=/run/helper.sock"])
+    assert (args.backend, args.proxy_socket, args.export) == ("proxy", "/run/helper.sock", None)
+    args = parse_args(["--listen", "unix:/x", "--fsdev", "proxy,sock_fd=5,readonly=on"])
+    assert (args.backend, args.proxy_fd, args.readonly) == ("proxy", 5, True)
+    args = parse_args(["--listen", "unix:/x", "--backend", "proxy", "--proxy-socket", "/h"])
+    assert (args.proxy_socket, args.export) == ("/h", None)
+
+
+async def _serve_and_check_readonly(args: list[str], export: Path, sock: Path) -> None:
+    """Serve with *args* as a real process: the export's file reads back, a mkdir is EROFS."""
+    proc = await asyncio.create_subprocess_exec(
+        *NINEP, *args, "--listen", f"unix:{sock}", "--log-level", "warning",
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        await wait_for_path(proc, sock)
+        async with await Client.connect_unix(str(sock), msize=65536) as client:
+            root = await client.attach()
+            fid = await client.walk_open(root, ["hello.txt"])
+            assert await client.read(fid, 0, 100) == b"from the host"
+            with pytest.raises(OSError) as info:
+                await client.mkdir(root, "nope")
+            assert info.value.errno == errno.EROFS
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, stderr
+    assert not (export / "nope").exists()
+
+
+async def test_the_real_process_serves_an_fsdev_local_string(export: Path, sockdir: Path) -> None:
+    (export / "hello.txt").write_text("from the host")
+    await _serve_and_check_readonly(
+        ["--fsdev", f"local,id=fs0,path={export},security_model=mapped-xattr,readonly=on"],
+        export, sockdir / "s")
+
+
+async def test_the_real_process_serves_an_fsdev_proxy_string(export: Path, sockdir: Path) -> None:
+    """proxy,socket=PATH: a helper started on its own serves the export; no --export."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the proxy helper needs root")
+        pytest.skip("the proxy helper needs root")
+    (export / "hello.txt").write_text("from the host")
+    helper_sock = sockdir / "helper"
+    helper = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ninep.helper", "-p", str(export), "-s", str(helper_sock),
+        "-u", "0", "-g", "0", "-n", stdin=subprocess.DEVNULL)
+    try:
+        await wait_for_path(helper, helper_sock)
+        await _serve_and_check_readonly(["--fsdev", f"proxy,socket={helper_sock},readonly=on"],
+                                        export, sockdir / "s")
+    finally:
+        helper.terminate()
+        await helper.wait()
 
 
 async def test_the_real_process_serves_until_sigterm(export: Path, sockdir: Path) -> None:
@@ -125,7 +279,7 @@ async def test_the_real_process_serves_until_sigterm(export: Path, sockdir: Path
         *NINEP, "--export", str(export), "--listen", f"unix:{sock}", "--log-level", "warning",
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        await _wait_for_socket(proc, sock)
+        await wait_for_path(proc, sock)
         async with await Client.connect_unix(str(sock), msize=65536) as client:
             assert client.msize == 65536
             root = await client.attach()

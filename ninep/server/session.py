@@ -23,6 +23,7 @@ from ..protocol import dotu as u
 from ..protocol import ninep as p
 from ..transport.base import ReplySink, Segments, gather, scatter, slice_segments, total_length
 from .fids import Fid, FidKind, FidTable
+from .stats import Stats
 
 log = logging.getLogger("ninep.session")
 T = TypeVar("T")
@@ -89,6 +90,8 @@ class SessionConfig:
     max_inflight: int = 1024
     #: Largest xattr value (or name list) a guest may read or set.
     max_xattr_size: int = XATTR_SIZE_MAX
+    #: Where requests are counted (``--stats``); None counts nothing.
+    stats: Stats | None = None
 
 
 @dataclass(slots=True)
@@ -126,6 +129,9 @@ class Session:
         self._handlers = self._dotl_handlers
         #: 9P2000(.u) only: a Tread of an open directory returns stat entries.
         self._read_dir: Callable[[Fid, int, int], Coroutine[Any, Any, bytes]] | None = None
+        self._stats = self.config.stats
+        if self._stats is not None:
+            self._stats.add_session(self)
 
     # --- entry points for transports -------------------------------------------------
 
@@ -153,6 +159,8 @@ class Session:
         if self._closed:
             self._reply_error(sink, tag, errno.ECONNABORTED)
             return
+        if self._stats is not None:
+            sink = self._stats.watch(msgtype, sink)
         if msgtype == p.Tflush.TYPE:
             # Tflush is never queued behind the request it flushes.
             self._track(self._flush(request, tag, sink))
@@ -198,6 +206,8 @@ class Session:
         self._closed = True
         await self._abort_all()
         self._inflight.clear()
+        if self._stats is not None:
+            self._stats.remove_session(self)
 
     @property
     def inflight(self) -> int:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
+from pathlib import Path
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10) -> int:
@@ -16,3 +18,14 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+async def wait_for_path(proc: asyncio.subprocess.Process, path: Path) -> None:
+    """Wait until a server process has created *path* (its socket); fail if it exits first."""
+    for _ in range(1000):
+        if path.exists():
+            return
+        if proc.returncode is not None:
+            break
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the server never listened at {path} (exit status {proc.returncode})")
