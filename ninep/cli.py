@@ -17,6 +17,8 @@ from typing import NoReturn
 from .backends.base import Backend
 from .backends.local.secmodel import MODEL_CHOICES
 from .backends.qid import MULTIDEVS_CHOICES
+from .sandbox.network import check_exposure
+from .sandbox.options import add_confinement_options, id_translation
 from .server.session import SessionConfig
 from .transport.stream import ListenAddress, StreamServer
 
@@ -88,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--proxy-socket", help="proxy back end: connect to this helper socket")
     ap.add_argument("--proxy-fd", type=int, help="proxy back end: a connected helper socket fd")
     ap.add_argument("--log-level", type=_choice(LOG_LEVELS), default="info")
+    add_confinement_options(ap)
     return ap
 
 
@@ -120,6 +123,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.listen = [ListenAddress.parse(a) for a in args.listen]
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    try:
+        args.exposed = check_exposure(args.listen, args.allow_network_share)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if len(args.tag.encode()) > 254:
         raise UsageError("--tag must be at most 254 bytes")
     return args
@@ -128,7 +135,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = None) -> None:
     backend = make_backend(args)
     config = SessionConfig(msize=args.msize, readonly=args.readonly, max_fids=args.max_fids,
-                           max_inflight=args.max_inflight, max_xattr_size=args.max_xattr_size)
+                           max_inflight=args.max_inflight, max_xattr_size=args.max_xattr_size,
+                           ids=id_translation(args))
     servers: list[StreamServer] = []
     tasks: list[asyncio.Task] = []
     # Before anything listens: a SIGTERM from whoever saw the socket appear
@@ -152,6 +160,9 @@ async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = Non
                 lambda: backend, socket_path=args.socket_path, listen_fd=args.fd, tag=args.tag,
                 session_config=config)))
         log.info("serving %s (%s)", args.export, args.backend)
+        for address in args.exposed:
+            log.warning("%s is reachable from the network: anyone who connects gets %s "
+                        "without authentication", address, args.export)
         if ready:
             ready()
         waiter = asyncio.ensure_future(stop.wait())
