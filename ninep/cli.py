@@ -17,8 +17,8 @@ from typing import NoReturn
 from .backends.base import Backend
 from .backends.local.secmodel import MODEL_CHOICES
 from .backends.qid import MULTIDEVS_CHOICES
-from .sandbox.network import check_exposure
-from .sandbox.options import add_confinement_options, id_translation
+from .sandbox.enter import confine
+from .sandbox.options import add_confinement_options, id_translation, resolve_confinement
 from .server.session import SessionConfig
 from .transport.stream import ListenAddress, StreamServer
 
@@ -124,7 +124,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
-        args.exposed = check_exposure(args.listen, args.allow_network_share)
+        resolve_confinement(args)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if len(args.tag.encode()) > 254:
@@ -159,6 +159,7 @@ async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = Non
             tasks.append(asyncio.ensure_future(serve_vhost_user(
                 lambda: backend, socket_path=args.socket_path, listen_fd=args.fd, tag=args.tag,
                 session_config=config)))
+        confine(args, backend)
         log.info("serving %s (%s)", args.export, args.backend)
         for address in args.exposed:
             log.warning("%s is reachable from the network: anyone who connects gets %s "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..server.idmap import ID_MAX, IdRule, IdTranslation
-from .network import ALLOW_FLAG
+from .caps import parse_modcaps
+from .network import ALLOW_FLAG, check_exposure
 
 
 def _uid_gid(text: str) -> tuple[int, int]:
@@ -23,8 +24,21 @@ def _id_rule(text: str) -> str:
     return text
 
 
+def _modcaps(text: str) -> tuple[frozenset[int], frozenset[int]]:
+    try:
+        return parse_modcaps(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--modcaps: ")) from None
+
+
+def _nofile(text: str) -> int:
+    if not text.isdigit() or int(text) < 16:
+        raise argparse.ArgumentTypeError(f"expected a number of fds (at least 16), not {text!r}")
+    return int(text)
+
+
 def add_confinement_options(ap: argparse.ArgumentParser) -> None:
-    """--allow-network-share, --all-squash, --translate-uid/gid."""
+    """--allow-network-share, --all-squash, --translate-uid/gid, --modcaps, --rlimit-nofile."""
     g = ap.add_argument_group("confinement")
     g.add_argument(ALLOW_FLAG, action="store_true",
                    help="accept a --listen tcp: address that is not loopback (an "
@@ -36,6 +50,17 @@ def add_confinement_options(ap: argparse.ArgumentParser) -> None:
                         "forbid-guest:GUEST:COUNT (repeatable, first match wins)")
     g.add_argument("--translate-gid", type=_id_rule, action="append", default=[], metavar="RULE",
                    help="as --translate-uid, for gids")
+    g.add_argument("--modcaps", type=_modcaps, action="append", default=[], metavar="+CAP,-CAP",
+                   help="capabilities to keep beyond (+) or drop from (-) what the back end "
+                        "and security model need, e.g. +sys_admin,-mknod")
+    g.add_argument("--rlimit-nofile", type=_nofile, metavar="N",
+                   help="set the open-file limit (soft and hard) to N before dropping privileges")
+
+
+def resolve_confinement(args: argparse.Namespace) -> None:
+    """Check the group against the rest of the command line (ValueError names the option);
+    sets ``args.exposed`` (listeners to warn about)."""
+    args.exposed = check_exposure(args.listen, args.allow_network_share)
 
 
 def id_translation(args: argparse.Namespace) -> IdTranslation | None:
@@ -43,4 +68,4 @@ def id_translation(args: argparse.Namespace) -> IdTranslation | None:
     return IdTranslation.from_options(args.translate_uid, args.translate_gid, args.all_squash)
 
 
-__all__ = ["add_confinement_options", "id_translation"]
+__all__ = ["add_confinement_options", "id_translation", "resolve_confinement"]
