@@ -18,6 +18,7 @@ from .backends.base import Backend
 from .backends.local.secmodel import MODEL_CHOICES
 from .backends.qid import MULTIDEVS_CHOICES
 from .sandbox.enter import confine
+from .sandbox.mounts import SocketFiles
 from .sandbox.options import add_confinement_options, id_translation, resolve_confinement
 from .server.session import SessionConfig
 from .transport.stream import ListenAddress, StreamServer
@@ -139,6 +140,7 @@ async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = Non
                            ids=id_translation(args))
     servers: list[StreamServer] = []
     tasks: list[asyncio.Task] = []
+    socket_files: SocketFiles | None = None
     # Before anything listens: a SIGTERM from whoever saw the socket appear
     # must stop us cleanly, not kill us.
     stop = asyncio.Event()
@@ -154,12 +156,16 @@ async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = Non
                 raise OSError(exc.errno, f"--listen {address}: {exc.strerror or exc}") from None
             servers.append(server)
             tasks.append(asyncio.ensure_future(server.serve_forever()))
+        socket_paths = [a.path for a in args.listen if a.kind == "unix"]
         if args.socket_path is not None or args.fd is not None:
-            from .transport.vhost_user import serve_vhost_user
+            from .transport.vhost_user import listen, serve_vhost_user
+            listening = listen(args.socket_path, args.fd)
+            if listening.created_inode is not None:
+                socket_paths.append(args.socket_path)
             tasks.append(asyncio.ensure_future(serve_vhost_user(
                 lambda: backend, socket_path=args.socket_path, listen_fd=args.fd, tag=args.tag,
-                session_config=config)))
-        confine(args, backend)
+                session_config=config, listening=listening)))
+        socket_files = confine(args, backend, socket_paths)
         log.info("serving %s (%s)", args.export, args.backend)
         for address in args.exposed:
             log.warning("%s is reachable from the network: anyone who connects gets %s "
@@ -178,6 +184,8 @@ async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = Non
         for server in servers:
             await server.close()
         await backend.close()
+        if socket_files is not None:
+            socket_files.remove()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 

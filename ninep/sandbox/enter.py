@@ -9,6 +9,7 @@ import time
 
 from ..backends.base import Backend
 from .caps import limit_capabilities, set_nofile_limit
+from .mounts import SocketFiles, enter_namespace
 
 log = logging.getLogger("ninep")
 
@@ -31,22 +32,32 @@ def _wait_until_single_threaded(timeout: float = 2.0) -> int:
     return threads
 
 
-def confine(args: argparse.Namespace, backend: Backend) -> None:
+def confine(args: argparse.Namespace, backend: Backend, socket_paths: list[str]) -> SocketFiles:
     """Apply the layers (after every socket is open, before serving): the fd
-    limit, then capabilities and no_new_privs.
+    limit, the sandbox, then capabilities and no_new_privs.
 
     Capabilities are per thread, so this must run while the process is
     single-threaded: worker threads start later and inherit what is left.
+    Returns what removes our Unix socket files at the end (their paths are
+    gone from a sandboxed root).
     """
     threads = _wait_until_single_threaded()
     if threads != 1:
         log.warning("confining with %d threads running: only this one loses capabilities",
                     threads)
-    if args.rlimit_nofile is not None:
-        set_nofile_limit(args.rlimit_nofile)
-    bounding_left = limit_capabilities(capabilities_to_keep(args, backend))
+    sockets = SocketFiles(socket_paths)
+    try:
+        if args.rlimit_nofile is not None:
+            set_nofile_limit(args.rlimit_nofile)
+        if args.sandbox == "namespace":
+            enter_namespace(args.export)
+        bounding_left = limit_capabilities(capabilities_to_keep(args, backend))
+    except BaseException:
+        sockets.remove()
+        raise
     if bounding_left and os.geteuid() == 0:
         log.warning("could not empty the capability bounding set (no CAP_SETPCAP)")
+    return sockets
 
 
 __all__ = ["capabilities_to_keep", "confine"]

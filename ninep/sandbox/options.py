@@ -6,6 +6,7 @@ import argparse
 
 from ..server.idmap import ID_MAX, IdRule, IdTranslation
 from .caps import parse_modcaps
+from .mounts import SANDBOX_CHOICES
 from .network import ALLOW_FLAG, check_exposure
 
 
@@ -38,7 +39,8 @@ def _nofile(text: str) -> int:
 
 
 def add_confinement_options(ap: argparse.ArgumentParser) -> None:
-    """--allow-network-share, --all-squash, --translate-uid/gid, --modcaps, --rlimit-nofile."""
+    """--allow-network-share, --all-squash, --translate-uid/gid, --sandbox, --modcaps,
+    --rlimit-nofile."""
     g = ap.add_argument_group("confinement")
     g.add_argument(ALLOW_FLAG, action="store_true",
                    help="accept a --listen tcp: address that is not loopback (an "
@@ -50,6 +52,10 @@ def add_confinement_options(ap: argparse.ArgumentParser) -> None:
                         "forbid-guest:GUEST:COUNT (repeatable, first match wins)")
     g.add_argument("--translate-gid", type=_id_rule, action="append", default=[], metavar="RULE",
                    help="as --translate-uid, for gids")
+    g.add_argument("--sandbox", choices=SANDBOX_CHOICES, default=None,
+                   help="namespace: the process's root holds only the export and the Python "
+                        "runtime, in new mount/ipc/net namespaces (default; none for --backend "
+                        "proxy, whose helper confines itself); none: no sandbox")
     g.add_argument("--modcaps", type=_modcaps, action="append", default=[], metavar="+CAP,-CAP",
                    help="capabilities to keep beyond (+) or drop from (-) what the back end "
                         "and security model need, e.g. +sys_admin,-mknod")
@@ -59,8 +65,15 @@ def add_confinement_options(ap: argparse.ArgumentParser) -> None:
 
 def resolve_confinement(args: argparse.Namespace) -> None:
     """Check the group against the rest of the command line (ValueError names the option);
-    sets ``args.exposed`` (listeners to warn about)."""
+    sets ``args.exposed`` (listeners to warn about) and ``args.sandbox`` (its default)."""
     args.exposed = check_exposure(args.listen, args.allow_network_share)
+    if args.sandbox == "namespace" and args.backend == "proxy":
+        raise ValueError("--sandbox namespace: the proxy back end's helper does the "
+                         "confining; use --sandbox none")
+    if args.sandbox is None:
+        # The proxy back end reaches its helper by a socket path, and the
+        # helper confines the export itself.
+        args.sandbox = "none" if args.backend == "proxy" else "namespace"
 
 
 def id_translation(args: argparse.Namespace) -> IdTranslation | None:

@@ -31,7 +31,7 @@ import stat
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..backends.base import Backend
 from ..server.session import Session, SessionConfig
@@ -658,22 +658,37 @@ async def serve_front_end(conn: socket.socket, backend: Backend, config_space: b
     return device
 
 
+class Listener(NamedTuple):
+    """An open vhost-user listening socket."""
+
+    sock: socket.socket
+    #: The inode of the socket file we created (unlinked at the end), else None.
+    created_inode: int | None
+
+
+def listen(socket_path: str | None, listen_fd: int | None) -> Listener:
+    """Open the listener now, so that it exists before the process is confined."""
+    sock, created = open_listener(socket_path, listen_fd)
+    return Listener(sock, os.stat(socket_path).st_ino if created and socket_path else None)
+
+
 async def serve_vhost_user(backend_factory: Callable[[], Backend], *, socket_path: str | None,
                            listen_fd: int | None, tag: str,
                            session_config: SessionConfig | None = None,
-                           protocol_features: int = PROTOCOL_FEATURES) -> None:
+                           protocol_features: int = PROTOCOL_FEATURES,
+                           listening: Listener | None = None) -> None:
     """Serve the virtio-9p device to one front end after another, until cancelled.
 
     ``--socket-path`` creates and listens on a Unix socket (a stale socket there
-    is replaced); ``--fd`` takes one a manager already listens on.  Each front
-    end gets a fresh Session on ``backend_factory()``; the caller owns the back
-    end's lifetime.  *protocol_features* may offer a subset of ``PROTOCOL_FEATURES``.
+    is replaced); ``--fd`` takes one a manager already listens on; *listening*
+    is one :func:`listen` opened already.  Each front end gets a fresh Session
+    on ``backend_factory()``; the caller owns the back end's lifetime.
+    *protocol_features* may offer a subset of ``PROTOCOL_FEATURES``.
     """
     if protocol_features & ~PROTOCOL_FEATURES:
         raise ValueError(f"protocol features {protocol_features:#x} are not implemented")
     config_space = virtio_9p_config(tag)
-    listener, created = open_listener(socket_path, listen_fd)
-    ours = os.stat(socket_path).st_ino if created and socket_path else None
+    listener, ours = listening or listen(socket_path, listen_fd)
     loop = asyncio.get_running_loop()
     log.info("vhost-user: listening on %s (tag %r)",
              socket_path if socket_path is not None else f"fd {listen_fd}", tag)
