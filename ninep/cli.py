@@ -17,7 +17,7 @@ from typing import NoReturn
 from .backends.base import Backend
 from .backends.local.secmodel import MODEL_CHOICES
 from .backends.qid import MULTIDEVS_CHOICES
-from .sandbox.enter import confine
+from .sandbox.enter import confine, prepare
 from .sandbox.mounts import SocketFiles
 from .sandbox.options import add_confinement_options, id_translation, resolve_confinement
 from .server.session import SessionConfig
@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ninep: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="ninep: %(levelname)s %(message)s")
+    prepare(args)
     try:
         import uvloop
         runner = uvloop.run

@@ -10,8 +10,16 @@ import time
 from ..backends.base import Backend
 from .caps import limit_capabilities, set_nofile_limit
 from .mounts import SocketFiles, enter_namespace
+from .seccomp import build_filter, refuse_io_uring
 
 log = logging.getLogger("ninep")
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """Before the event loop exists: with a seccomp filter, libuv must not set
+    up io_uring, whose queued operations no filter sees (it then uses epoll)."""
+    if args.seccomp != "none":
+        refuse_io_uring()
 
 
 def capabilities_to_keep(args: argparse.Namespace, backend: Backend) -> frozenset[int]:
@@ -34,7 +42,7 @@ def _wait_until_single_threaded(timeout: float = 2.0) -> int:
 
 def confine(args: argparse.Namespace, backend: Backend, socket_paths: list[str]) -> SocketFiles:
     """Apply the layers (after every socket is open, before serving): the fd
-    limit, the sandbox, then capabilities and no_new_privs.
+    limit, the sandbox, capabilities and no_new_privs, then the seccomp filter.
 
     Capabilities are per thread, so this must run while the process is
     single-threaded: worker threads start later and inherit what is left.
@@ -49,9 +57,13 @@ def confine(args: argparse.Namespace, backend: Backend, socket_paths: list[str])
     try:
         if args.rlimit_nofile is not None:
             set_nofile_limit(args.rlimit_nofile)
+        # Built now: libseccomp is a library the sandbox's root does not hold.
+        syscall_filter = build_filter(args.seccomp) if args.seccomp != "none" else None
         if args.sandbox == "namespace":
             enter_namespace(args.export)
         bounding_left = limit_capabilities(capabilities_to_keep(args, backend))
+        if syscall_filter is not None:
+            syscall_filter.load()
     except BaseException:
         sockets.remove()
         raise
@@ -60,4 +72,4 @@ def confine(args: argparse.Namespace, backend: Backend, socket_paths: list[str])
     return sockets
 
 
-__all__ = ["capabilities_to_keep", "confine"]
+__all__ = ["capabilities_to_keep", "confine", "prepare"]

@@ -8,6 +8,7 @@ from ..server.idmap import ID_MAX, IdRule, IdTranslation
 from .caps import parse_modcaps
 from .mounts import SANDBOX_CHOICES
 from .network import ALLOW_FLAG, check_exposure
+from .seccomp import SECCOMP_CHOICES
 
 
 def _uid_gid(text: str) -> tuple[int, int]:
@@ -39,8 +40,8 @@ def _nofile(text: str) -> int:
 
 
 def add_confinement_options(ap: argparse.ArgumentParser) -> None:
-    """--allow-network-share, --all-squash, --translate-uid/gid, --sandbox, --modcaps,
-    --rlimit-nofile."""
+    """--allow-network-share, --all-squash, --translate-uid/gid, --sandbox, --seccomp,
+    --modcaps, --rlimit-nofile."""
     g = ap.add_argument_group("confinement")
     g.add_argument(ALLOW_FLAG, action="store_true",
                    help="accept a --listen tcp: address that is not loopback (an "
@@ -56,6 +57,9 @@ def add_confinement_options(ap: argparse.ArgumentParser) -> None:
                    help="namespace: the process's root holds only the export and the Python "
                         "runtime, in new mount/ipc/net namespaces (default; none for --backend "
                         "proxy, whose helper confines itself); none: no sandbox")
+    g.add_argument("--seccomp", choices=SECCOMP_CHOICES, default="kill",
+                   help="allow-list of system calls: kill ends the process on any other call, "
+                        "log only logs it (kernel audit log), none: no filter")
     g.add_argument("--modcaps", type=_modcaps, action="append", default=[], metavar="+CAP,-CAP",
                    help="capabilities to keep beyond (+) or drop from (-) what the back end "
                         "and security model need, e.g. +sys_admin,-mknod")
