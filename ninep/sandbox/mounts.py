@@ -87,8 +87,9 @@ def enter_namespace(export: str, extra_dirs: Iterable[str] = ()) -> None:
     if export == "/":
         raise SandboxError(0, "--sandbox namespace: the export is the whole file system; "
                            "use --sandbox none")
-    views = [(export, False)] + [(d, True) for d in (*runtime_dirs(), *extra_dirs)]
-    views.append((f"/proc/{os.getpid()}/fd", False))
+    # The export after the runtime, so that it is on top should it lie inside it.
+    views = [(d, True) for d in (*runtime_dirs(), *extra_dirs)]
+    views += [(export, False), (f"/proc/{os.getpid()}/fd", False)]
     try:
         if os.geteuid() != 0:
             _enter_user_namespace()
