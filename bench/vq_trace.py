@@ -86,8 +86,8 @@ class Trace:
         cls._on_kick, cls._dispatch, cls._complete, cls._flush_used = (  # type: ignore[method-assign]
             _on_kick, _dispatch, _complete, _flush_used)
 
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps({"kicks": self.kicks, "calls": self.calls, "requests": self.requests}))
+    def save(self, out: Any) -> None:
+        out.write(json.dumps({"kicks": self.kicks, "calls": self.calls, "requests": self.requests}))
 
 
 def summarise(path: Path) -> str:
@@ -160,6 +160,8 @@ def main(argv: list[str]) -> int:
     rest = [a for a in rest if a != "--floor"]
     trace = Trace()
     trace.install()
+    # Opened now: ninep's sandbox hides the host's file system before the server exits.
+    out_file = open(out, "w")
     from ninep import cli
 
     factory = None
@@ -171,7 +173,8 @@ def main(argv: list[str]) -> int:
     try:
         return cli.main(rest, backend_factory=factory)
     finally:
-        trace.save(out)
+        with out_file:
+            trace.save(out_file)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ from .backends.base import Backend
 from .backends.local.secmodel import MODEL_CHOICES
 from .backends.qid import MULTIDEVS_CHOICES
 from .fsdev import FsdevError, parse_fsdev
+from .sandbox.enter import confine, prepare
+from .sandbox.mounts import SocketFiles
+from .sandbox.options import add_confinement_options, id_translation, resolve_confinement
 from .server.session import SessionConfig
 from .server.stats import Stats
 from .transport.metrics import MetricsServer, parse_stats_address
@@ -165,7 +168,7 @@ DEFAULTS: dict[str, Any] = {
 #: One function per option group; a new group is one more function here.
 OPTION_GROUPS: list[Callable[[argparse.ArgumentParser], None]] = [
     add_transport_options, add_backend_options, add_security_options, add_limit_options,
-    add_logging_options, add_statistics_options,
+    add_logging_options, add_statistics_options, add_confinement_options,
 ]
 
 
@@ -240,6 +243,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.stats = None if args.stats is None else parse_stats_address(args.stats)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    try:
+        resolve_confinement(args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if len(args.tag.encode()) > 254:
         raise UsageError("--tag must be at most 254 bytes")
     return args
@@ -251,10 +258,12 @@ async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = Non
     backend = backend if backend is not None else make_backend(args)
     config = SessionConfig(msize=args.msize, readonly=args.readonly, max_fids=args.max_fids,
                            max_inflight=args.max_inflight, max_xattr_size=args.max_xattr_size,
-                           stats=Stats() if args.stats is not None else None)
+                           stats=Stats() if args.stats is not None else None,
+                           ids=id_translation(args))
     servers: list[StreamServer] = []
     metrics: MetricsServer | None = None
     tasks: list[asyncio.Task] = []
+    socket_files: SocketFiles | None = None
     # Before anything listens: a SIGTERM from whoever saw the socket appear
     # must stop us cleanly, not kill us.
     stop = asyncio.Event()
@@ -276,12 +285,25 @@ async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = Non
                 raise OSError(exc.errno, f"--listen {address}: {exc.strerror or exc}") from None
             servers.append(server)
             tasks.append(asyncio.ensure_future(server.serve_forever()))
+        # Every socket is open before the process is confined: the sandbox hides
+        # the host's file system, and the seccomp filter forbids bind and listen.
+        socket_paths = [a.path for a in args.listen if a.kind == "unix"]
+        if args.stats is not None and args.stats.kind == "unix":
+            socket_paths.append(args.stats.path)
         if args.socket_path is not None or args.fd is not None:
+            from .transport.vhost.listener import listen
             from .transport.vhost_user import serve_vhost_user
+            listening = listen(args.socket_path, args.fd)
+            if listening.created_inode is not None:
+                socket_paths.append(args.socket_path)
             tasks.append(asyncio.ensure_future(serve_vhost_user(
                 lambda: backend, socket_path=args.socket_path, listen_fd=args.fd, tag=args.tag,
-                session_config=config)))
+                session_config=config, listening=listening)))
+        socket_files = confine(args, backend, socket_paths)
         log.info("serving %s (%s)", args.export or "the proxy helper's export", args.backend)
+        for address in args.exposed:
+            log.warning("%s is reachable from the network: anyone who connects gets %s "
+                        "without authentication", address, args.export)
         if ready:
             ready()
         waiter = asyncio.ensure_future(stop.wait())
@@ -298,6 +320,8 @@ async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = Non
         if metrics is not None:
             await metrics.close()
         await backend.close()
+        if socket_files is not None:
+            socket_files.remove()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 
@@ -322,6 +346,7 @@ def main(argv: list[str] | None = None,
         print(f"ninep: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="ninep: %(levelname)s %(message)s")
+    prepare(args)
     try:
         import uvloop
         runner = uvloop.run

@@ -21,8 +21,10 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 
 _MACHINE = platform.machine()
 _NR = {
-    "x86_64": {"openat2": 437, "renameat2": 316, "getdents64": 217, "capget": 125, "capset": 126},
-    "aarch64": {"openat2": 437, "renameat2": 276, "getdents64": 61, "capget": 90, "capset": 91},
+    "x86_64": {"openat2": 437, "renameat2": 316, "getdents64": 217, "capget": 125, "capset": 126,
+               "pivot_root": 155},
+    "aarch64": {"openat2": 437, "renameat2": 276, "getdents64": 61, "capget": 90, "capset": 91,
+                "pivot_root": 41},
 }.get(_MACHINE, {})
 
 _syscall = _libc.syscall
@@ -282,6 +284,46 @@ _unshare.argtypes = [ctypes.c_int]
 
 def unshare(flags: int) -> None:
     _check(_unshare(flags))
+
+
+# --- mounts -----------------------------------------------------------------------
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MNT_DETACH = 0x2
+
+_mount = _libc.mount
+_mount.restype = ctypes.c_int
+_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                   ctypes.c_char_p]
+_umount2 = _libc.umount2
+_umount2.restype = ctypes.c_int
+_umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int,
+          data: str | None = None) -> None:
+    enc = lambda s: None if s is None else os.fsencode(s)  # noqa: E731
+    _check(_mount(enc(source), enc(target), enc(fstype), flags, enc(data)))
+
+
+def umount2(target: str, flags: int) -> None:
+    _check(_umount2(os.fsencode(target), flags))
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(_syscall(_nr("pivot_root"), os.fsencode(new_root), os.fsencode(put_old)))
 
 
 # --- fstatfs ----------------------------------------------------------------------

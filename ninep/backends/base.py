@@ -274,6 +274,10 @@ class Backend(ABC):
     async def getlock(self, node: Node, ltype: int, start: int, length: int, proc_id: int,
                       client_id: str) -> LockResult: ...
 
+    def capabilities(self) -> frozenset[int]:
+        """The capabilities (syscalls.CAP_*) serving needs once started; the rest are dropped."""
+        return frozenset()
+
     async def close(self) -> None:
         """Release everything the back end holds (root fds, pools, helpers)."""
 

@@ -528,6 +528,10 @@ class HandleBackend(fdops.OpenFdOps, Backend):
     async def xattr_remove(self, node: HandleNode, name: str) -> None:
         await self._pool.run(self._with, node, lambda fd: self.model.xattr_remove(fd, name))
 
+    def capabilities(self) -> frozenset[int]:
+        """The model's, and CAP_DAC_READ_SEARCH for open_by_handle_at."""
+        return self.model.capabilities | {syscalls.CAP_DAC_READ_SEARCH}
+
     async def close(self) -> None:
         self._pool.shutdown()
         for node in list(self._nodes):

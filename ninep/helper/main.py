@@ -26,6 +26,7 @@ import time
 from ninep import syscalls
 from ninep.helper.server import (ALLOWED_CAPS, ALLOWED_MASK, GETVERSION_FS_MAGIC, Connection,
                                  Export, serve_in_thread)
+from ninep.sandbox.caps import limit_capabilities
 
 PROG = "ninep-proxy-helper"
 USAGE = f"""usage: {PROG} -p DIR (-f FD | -s SOCKET -u UID -g GID) [-n]
@@ -207,35 +208,17 @@ def drop_capabilities(log: Logger) -> None:
     The helper stays uid 0 and only switches fsuid/fsgid per request, so
     PR_SET_KEEPCAPS is not needed.
     """
-    last = syscalls.cap_last_cap()
-    bounding_kept = []
-    for cap in range(last + 1):
-        if cap in ALLOWED_CAPS:
-            continue
-        try:
-            syscalls.prctl(syscalls.PR_CAPBSET_DROP, cap)
-        except OSError as e:
-            if e.errno == errno.EINVAL:
-                break
-            bounding_kept.append(cap)
+    try:
+        bounding_kept = limit_capabilities(frozenset(ALLOWED_CAPS))
+    except OSError as e:
+        raise SetupError(f"capset: {e.strerror} (the helper must run as root)") from None
     if bounding_kept:
         log(f"could not drop {len(bounding_kept)} capabilities from the bounding set "
             f"(no CAP_SETPCAP?)")
-    try:
-        syscalls.prctl(syscalls.PR_CAP_AMBIENT, syscalls.PR_CAP_AMBIENT_CLEAR_ALL)
-    except OSError:
-        pass  # kernel without ambient capabilities
-    try:
-        syscalls.capset(ALLOWED_MASK, ALLOWED_MASK, 0)
-    except OSError as e:
-        raise SetupError(f"capset: {e.strerror} (the helper must run as root)") from None
-    try:
-        syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1)
-    except OSError:
-        pass
     eff, prm, inh = syscalls.capget()
     if (eff, prm, inh) != (ALLOWED_MASK, ALLOWED_MASK, 0):
-        raise SetupError(f"capabilities are {eff:#x}/{prm:#x}/{inh:#x} after capset")
+        raise SetupError(f"capabilities are {eff:#x}/{prm:#x}/{inh:#x} after capset "
+                         f"(the helper must run as root)")
 
 
 def enter_export(path: str) -> Export:

@@ -23,6 +23,7 @@ from ..protocol import dotu as u
 from ..protocol import ninep as p
 from ..transport.base import ReplySink, Segments, gather, scatter, slice_segments, total_length
 from .fids import Fid, FidKind, FidTable
+from .idmap import IdTranslation
 from .stats import Stats
 
 log = logging.getLogger("ninep.session")
@@ -92,6 +93,8 @@ class SessionConfig:
     max_xattr_size: int = XATTR_SIZE_MAX
     #: Where requests are counted (``--stats``); None counts nothing.
     stats: Stats | None = None
+    #: Guest <-> host id translation (--translate-uid/gid, --all-squash); None: ids pass as is.
+    ids: IdTranslation | None = None
 
 
 @dataclass(slots=True)
@@ -387,6 +390,8 @@ class Session:
             raise OSError(errno.EINVAL, "no auth fid expected")
         self.fids.check_free(msg.fid)
         uid = msg.n_uname if msg.n_uname != p.NOFID else 0
+        if self.config.ids is not None:
+            uid = self.config.ids.uids.to_host(uid)
         node, qid = await self.backend.attach(msg.uname, uid, msg.aname)
         await self._install(msg.fid, Fid(node, uid, is_dir=True))
         return p.Rattach(qid)
@@ -433,7 +438,17 @@ class Session:
         fid = self.fids.get(msg.fid)
         async with fid.in_use():
             qid, st = await self.backend.getattr(fid.node)
-        return rgetattr(qid, st)
+        reply = rgetattr(qid, st)
+        if self.config.ids is not None:
+            ids = self.config.ids
+            reply = reply._replace(uid=ids.uids.to_guest(reply.uid), gid=ids.gids.to_guest(reply.gid))
+        return reply
+
+    def _credentials(self, fid: Fid, gid: int) -> Credentials:
+        """Whom a create-type request acts for, in host ids."""
+        if self.config.ids is not None:
+            gid = self.config.ids.gids.to_host(gid)
+        return Credentials(fid.uid, gid)
 
     async def _Tsetattr(self, msg: p.Tsetattr) -> p.Rsetattr:
         fid = self.fids.get(msg.fid)
@@ -454,6 +469,11 @@ class Session:
             change.uid = None
         if change.gid == p.NOFID:
             change.gid = None
+        if self.config.ids is not None:
+            if change.uid is not None:
+                change.uid = self.config.ids.uids.to_host(change.uid)
+            if change.gid is not None:
+                change.gid = self.config.ids.gids.to_host(change.gid)
         async with fid.in_use():
             await self.backend.setattr(fid.node, change)
         return p.Rsetattr()
@@ -529,7 +549,7 @@ class Session:
             raise OSError(errno.ENOTDIR, "not a directory")
         _check_new_name(msg.name)
         return p.Rlcreate(*await self.create_fid(fid, msg.name, dotl_to_host_flags(msg.flags, True),
-                                                 msg.mode & 0o7777, Credentials(fid.uid, msg.gid)))
+                                                 msg.mode & 0o7777, self._credentials(fid, msg.gid)))
 
     async def create_fid(self, fid: Fid, name: str, flags: int, mode: int,
                          cred: Credentials) -> tuple[p.Qid, int]:
@@ -546,7 +566,7 @@ class Session:
         fid = self._dir_fid(msg.dfid)
         _check_new_name(msg.name)
         return p.Rmkdir(await self.backend.mkdir(fid.node, msg.name, msg.mode & 0o7777,
-                                                 Credentials(fid.uid, msg.gid)))
+                                                 self._credentials(fid, msg.gid)))
 
     async def _Tsymlink(self, msg: p.Tsymlink) -> p.Rsymlink:
         fid = self._dir_fid(msg.fid)
@@ -554,14 +574,14 @@ class Session:
         if not msg.symtgt or "\0" in msg.symtgt:
             raise OSError(errno.ENOENT if not msg.symtgt else errno.EINVAL, "bad symlink target")
         return p.Rsymlink(await self.backend.symlink(fid.node, msg.name, msg.symtgt,
-                                                     Credentials(fid.uid, msg.gid)))
+                                                     self._credentials(fid, msg.gid)))
 
     async def _Tmknod(self, msg: p.Tmknod) -> p.Rmknod:
         fid = self._dir_fid(msg.dfid)
         _check_new_name(msg.name)
         rdev = os.makedev(msg.major, msg.minor)
         return p.Rmknod(await self.backend.mknod(fid.node, msg.name, msg.mode, rdev,
-                                                 Credentials(fid.uid, msg.gid)))
+                                                 self._credentials(fid, msg.gid)))
 
     async def _Tlink(self, msg: p.Tlink) -> p.Rlink:
         dfid = self._dir_fid(msg.dfid)

@@ -20,7 +20,7 @@ from typing import Any
 from ..backends.base import Backend
 from ..server.session import Session, SessionConfig
 from .vhost.device import VhostUserDevice
-from .vhost.listener import serve_front_ends
+from .vhost.listener import Listener, serve_front_ends
 from .vhost.messages import MAX_CONFIG_SIZE, PROTOCOL_FEATURES, TRANSPORT_FEATURES
 
 log = logging.getLogger("ninep.vhost")
@@ -72,13 +72,15 @@ async def serve_front_end(conn: socket.socket, backend: Backend, config_space: b
 async def serve_vhost_user(backend_factory: Callable[[], Backend], *, socket_path: str | None,
                            listen_fd: int | None, tag: str,
                            session_config: SessionConfig | None = None,
-                           protocol_features: int = PROTOCOL_FEATURES) -> None:
+                           protocol_features: int = PROTOCOL_FEATURES,
+                           listening: Listener | None = None) -> None:
     """Serve the virtio-9p device to one front end after another, until cancelled.
 
     ``--socket-path`` creates and listens on a Unix socket (a stale socket there
-    is replaced); ``--fd`` takes one a manager already listens on.  Each front
-    end gets a fresh Session on ``backend_factory()``; the caller owns the back
-    end's lifetime.  *protocol_features* may offer a subset of ``PROTOCOL_FEATURES``.
+    is replaced); ``--fd`` takes one a manager already listens on; *listening*
+    is one :func:`~ninep.transport.vhost.listener.listen` opened already.  Each
+    front end gets a fresh Session on ``backend_factory()``; the caller owns the
+    back end's lifetime.  *protocol_features* may offer a subset of ``PROTOCOL_FEATURES``.
     """
     if protocol_features & ~PROTOCOL_FEATURES:
         raise ValueError(f"protocol features {protocol_features:#x} are not implemented")
@@ -89,7 +91,7 @@ async def serve_vhost_user(backend_factory: Callable[[], Backend], *, socket_pat
                               device_options={"protocol_features": protocol_features})
 
     await serve_front_ends(serve, socket_path=socket_path, listen_fd=listen_fd,
-                           what=f"virtio-9p, tag {tag!r}")
+                           what=f"virtio-9p, tag {tag!r}", listening=listening)
 
 
 __all__ = ["VIRTIO_ID_9P", "VIRTIO_9P_MOUNT_TAG", "DEVICE_FEATURES", "MAX_TAG_BYTES",

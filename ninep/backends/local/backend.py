@@ -368,6 +368,9 @@ class LocalBackend(fdops.OpenFdOps, Backend):
     async def xattr_remove(self, node: LocalNode, name: str) -> None:
         await self._run(self._on_inode, node, lambda fd: self.model.xattr_remove(fd, name))
 
+    def capabilities(self) -> frozenset[int]:
+        return self.model.capabilities
+
     async def close(self) -> None:
         if self.root_fd < 0:  # closed already: never close a recycled fd number
             return

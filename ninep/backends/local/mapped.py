@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import NamedTuple, TypeVar
 
+from ... import syscalls
 from .. import fdops
 from ..base import Credentials, DirEntry, Stat, setid_bits_to_clear
 from ..fdops import open_nofollow
@@ -85,6 +86,10 @@ class MappedModel(SecurityModel):
     very file (the guest's open fd or an O_PATH pin): mapped-xattr keys by
     inode and uses *fd*; mapped-file keys by name and uses (*dirfd*, *name*).
     """
+
+    # Owners and devices live in metadata: host files are the server's own,
+    # but the export's existing files (any owner) must stay reachable.
+    capabilities = frozenset({syscalls.CAP_DAC_OVERRIDE, syscalls.CAP_FOWNER})
 
     def __init__(self, fmode: int = 0o600, dmode: int = 0o700) -> None:
         self.fmode = fmode & 0o777

@@ -56,6 +56,11 @@ class SecurityModel(ABC):
     """Where the guest-visible uid, gid, mode and rdev of a file live."""
 
     name: str
+    #: Capabilities (syscalls.CAP_*) the server keeps for this model: with
+    #: host owners the guest's, files of any owner must be reachable and chowned.
+    capabilities: frozenset[int] = frozenset({
+        syscalls.CAP_CHOWN, syscalls.CAP_DAC_OVERRIDE, syscalls.CAP_FOWNER, syscalls.CAP_FSETID,
+        syscalls.CAP_SETGID, syscalls.CAP_SETUID, syscalls.CAP_MKNOD})
     #: Names in a directory that the guest may never see or touch.
     hidden_names: frozenset[str] = frozenset()
 
@@ -255,6 +260,9 @@ class NoneModel(PassthroughModel):
     refused chown is ignored.  Run as root, it behaves like passthrough."""
 
     name = "none"
+    # New files keep the server's owner; chown still works where the server may.
+    capabilities = frozenset({syscalls.CAP_CHOWN, syscalls.CAP_DAC_OVERRIDE, syscalls.CAP_FOWNER,
+                              syscalls.CAP_FSETID, syscalls.CAP_MKNOD})
 
     def _own(self, dirfd: int, name: str, fd: int | None, cred: Credentials) -> None:
         try:

@@ -15,6 +15,7 @@ import os
 import socket
 import stat
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 log = logging.getLogger("ninep.vhost")
 
@@ -54,19 +55,34 @@ def open_listener(socket_path: str | None, listen_fd: int | None) -> tuple[socke
     return sock, True
 
 
+class Listener(NamedTuple):
+    """An open vhost-user listening socket."""
+
+    sock: socket.socket
+    #: The inode of the socket file we created (unlinked at the end), else None.
+    created_inode: int | None
+
+
+def listen(socket_path: str | None, listen_fd: int | None) -> Listener:
+    """Open the listener now, so that it exists before the process is confined."""
+    sock, created = open_listener(socket_path, listen_fd)
+    return Listener(sock, os.stat(socket_path).st_ino if created and socket_path else None)
+
+
 async def serve_front_ends(serve_connection: Callable[[socket.socket], Awaitable[object]], *,
                            socket_path: str | None, listen_fd: int | None,
-                           what: str = "vhost-user") -> None:
+                           what: str = "vhost-user", listening: Listener | None = None) -> None:
     """Accept front ends one after another and serve each with *serve_connection*,
     until cancelled.
 
     ``socket_path`` creates and listens on a Unix socket (a stale socket there
     is replaced, and ours is removed at the end); ``listen_fd`` takes one a
-    manager already listens on.  A connection that fails is logged and closed;
-    the next one is still served.  *what* names the device in the log.
+    manager already listens on; *listening* is one :func:`listen` opened
+    already (before a sandbox hid the file system).  A connection that fails is
+    logged and closed; the next one is still served.  *what* names the device
+    in the log.
     """
-    listener, created = open_listener(socket_path, listen_fd)
-    ours = os.stat(socket_path).st_ino if created and socket_path else None
+    listener, ours = listening or listen(socket_path, listen_fd)
     loop = asyncio.get_running_loop()
     log.info("vhost-user: listening on %s (%s)",
              socket_path if socket_path is not None else f"fd {listen_fd}", what)
@@ -92,4 +108,4 @@ async def serve_front_ends(serve_connection: Callable[[socket.socket], Awaitable
                 pass
 
 
-__all__ = ["open_listener", "serve_front_ends"]
+__all__ = ["Listener", "listen", "open_listener", "serve_front_ends"]
