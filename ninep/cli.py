@@ -59,6 +59,12 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _non_negative(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}")
+    return int(text)
+
+
 def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
     def check(text: str) -> str:
         if text not in choices:
@@ -84,6 +90,10 @@ def add_transport_options(ap: argparse.ArgumentParser) -> None:
                    help="vhost-user: an already-listening socket fd (socket activation)")
     g.add_argument("--tag", default="ninep",
                    help="vhost-user mount tag, at most 254 bytes (default: ninep)")
+    g.add_argument("--vhost-poll-us", type=_non_negative, default=0, metavar="US",
+                   help="vhost-user: after the last reply, look for the next request on every "
+                        "loop pass for this long, with the guest's kicks suppressed, before "
+                        "sleeping (0: never; default: 0)")
 
 
 def add_backend_options(ap: argparse.ArgumentParser) -> None:
@@ -298,7 +308,7 @@ async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = Non
                 socket_paths.append(args.socket_path)
             tasks.append(asyncio.ensure_future(serve_vhost_user(
                 lambda: backend, socket_path=args.socket_path, listen_fd=args.fd, tag=args.tag,
-                session_config=config, listening=listening)))
+                session_config=config, listening=listening, poll_us=args.vhost_poll_us)))
         socket_files = confine(args, backend, socket_paths)
         log.info("serving %s (%s)", args.export or "the proxy helper's export", args.backend)
         for address in args.exposed:

@@ -557,6 +557,8 @@ class FakeVirtqueue:
     ram_size: int = 64 << 20
     layout: Sequence[MemoryRegion] | None = None
     msize: int = 512000
+    #: the queue's polling window after its last reply (SplitVirtqueue's poll_ns)
+    poll_ns: int = 0
     ram: GuestRam = field(init=False)
     memory: GuestMemory = field(init=False)
     driver: DriverQueue = field(init=False)
@@ -568,7 +570,7 @@ class FakeVirtqueue:
         self.memory = self.ram.guest_memory()
         self.driver = DriverQueue(self.ram, self.num, event_idx=self.event_idx)
         self.driver.start()
-        q = self.queue = SplitVirtqueue(0, self.handler)
+        q = self.queue = SplitVirtqueue(0, self.handler, poll_ns=self.poll_ns)
         q.set_num(self.num)
         q.set_base(0)
         q.set_event_idx(self.event_idx)

@@ -73,7 +73,7 @@ async def serve_vhost_user(backend_factory: Callable[[], Backend], *, socket_pat
                            listen_fd: int | None, tag: str,
                            session_config: SessionConfig | None = None,
                            protocol_features: int = PROTOCOL_FEATURES,
-                           listening: Listener | None = None) -> None:
+                           listening: Listener | None = None, poll_us: int = 0) -> None:
     """Serve the virtio-9p device to one front end after another, until cancelled.
 
     ``--socket-path`` creates and listens on a Unix socket (a stale socket there
@@ -81,6 +81,7 @@ async def serve_vhost_user(backend_factory: Callable[[], Backend], *, socket_pat
     is one :func:`~ninep.transport.vhost.listener.listen` opened already.  Each
     front end gets a fresh Session on ``backend_factory()``; the caller owns the
     back end's lifetime.  *protocol_features* may offer a subset of ``PROTOCOL_FEATURES``.
+    *poll_us* is the ring's polling window after its last reply (``--vhost-poll-us``).
     """
     if protocol_features & ~PROTOCOL_FEATURES:
         raise ValueError(f"protocol features {protocol_features:#x} are not implemented")
@@ -88,7 +89,8 @@ async def serve_vhost_user(backend_factory: Callable[[], Backend], *, socket_pat
 
     async def serve(conn: socket.socket) -> None:
         await serve_front_end(conn, backend_factory(), config_space, session_config,
-                              device_options={"protocol_features": protocol_features})
+                              device_options={"protocol_features": protocol_features,
+                                              "poll_ns": poll_us * 1000})
 
     await serve_front_ends(serve, socket_path=socket_path, listen_fd=listen_fd,
                            what=f"virtio-9p, tag {tag!r}", listening=listening)

@@ -15,8 +15,8 @@ from ninep.server.session import Session, SessionConfig
 from ninep.testing.fake_virtqueue import FakeVirtqueue
 from ninep.transport.base import ReplySink, scatter
 from ninep.transport.vhost.virtqueue import (VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
-                                             VIRTQ_DESC_F_WRITE, SplitVirtqueue, VirtqueueError,
-                                       vring_need_event)
+                                             VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY,
+                                             SplitVirtqueue, VirtqueueError, vring_need_event)
 
 KIB = 1024
 
@@ -107,6 +107,45 @@ async def test_adjacent_descriptors_become_one_view():
         assert [len(v) for v in gap_sink.reserve(8192)] == [4096, 4096]
         adj_sink.commit(0)
         gap_sink.commit(0)
+
+
+@pytest.mark.parametrize("event_idx", [True, False], ids=["event-idx", "no-event-idx"])
+async def test_polling_takes_the_next_request_without_a_kick(event_idx):
+    """With a polling window, the queue asks the driver not to kick after its last
+    reply and finds the next chain itself; when the window ends it asks for kicks
+    again, so a later request is not stranded."""
+    echo = Echo()
+    async with FakeVirtqueue(echo, event_idx=event_idx, poll_ns=200_000_000) as fv:
+        first = fv.driver.add_chain([b"1"], [16])
+        fv.driver.kick()
+        assert await fv.driver.wait(first) == 3
+        # Polling now: the driver is told not to kick.
+        second = fv.driver.add_chain([b"2"], [16])
+        if event_idx:
+            assert not fv.driver.kick()  # avail_event says: no need
+        else:
+            assert fv.driver._u16(fv.driver.used_gpa) & VIRTQ_USED_F_NO_NOTIFY
+        assert await fv.driver.wait(second, timeout=5) == 3
+        assert fv.queue.stats.kicks == 1  # the second came without one
+        # After the window: notifications are on again and a kick is needed and works.
+        await until(lambda: fv.queue._poll_until == 0, timeout=5)
+        if not event_idx:
+            assert not fv.driver._u16(fv.driver.used_gpa) & VIRTQ_USED_F_NO_NOTIFY
+        third = fv.driver.add_chain([b"3"], [16])
+        assert fv.driver.kick()
+        assert await fv.driver.wait(third) == 3
+        assert echo.requests == [[b"1"], [b"2"], [b"3"]]
+
+
+async def test_no_polling_by_default():
+    echo = Echo()
+    async with FakeVirtqueue(echo) as fv:
+        req = fv.driver.add_chain([b"1"], [16])
+        fv.driver.kick()
+        assert await fv.driver.wait(req) == 3
+        later = fv.driver.add_chain([b"2"], [16])
+        assert fv.driver.kick()  # the device still wants to hear of it
+        assert await fv.driver.wait(later) == 3
 
 
 async def test_requests_complete_out_of_order():

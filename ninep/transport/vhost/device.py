@@ -61,7 +61,8 @@ class VhostUserDevice:
     INDIRECT_DESC, PROTOCOL_FEATURES) are always offered beside them.
     *config_space* is what GET_CONFIG reads (zeros beyond it); SET_CONFIG goes
     to *write_config* and is refused without one.  *max_request* bounds a
-    request's readable bytes on every queue (see :class:`SplitVirtqueue`).  The
+    request's readable bytes on every queue, and *poll_ns* is each queue's polling
+    window after its last reply (see :class:`SplitVirtqueue`).  The
     CONFIG protocol feature is offered by default only to a device with a
     config space.  The device closes every fd it is given.
     """
@@ -70,7 +71,7 @@ class VhostUserDevice:
                  device_features: int = 0, config_space: bytes = b"",
                  write_config: Callable[[int, bytes], None] | None = None,
                  protocol_features: int | None = None, drain_timeout: float = 10.0,
-                 max_request: Callable[[], int] | None = None) -> None:
+                 max_request: Callable[[], int] | None = None, poll_ns: int = 0) -> None:
         if not handlers:
             raise ValueError("a device needs at least one queue")
         if len(config_space) > MAX_CONFIG_SIZE:
@@ -91,6 +92,7 @@ class VhostUserDevice:
         self.owned = False
         self.drain_timeout = drain_timeout
         self.max_request = max_request
+        self.poll_ns = poll_ns
         self.memory = GuestMemory()
         self.queues = [self.new_queue(i, handler) for i, handler in enumerate(handlers)]
         self.message_counts: dict[str, int] = {}
@@ -120,7 +122,7 @@ class VhostUserDevice:
 
     def new_queue(self, index: int, handler: RequestHandler) -> SplitVirtqueue:
         """The queue object for ring *index* (the one place a queue is made)."""
-        return SplitVirtqueue(index, handler, max_request=self.max_request)
+        return SplitVirtqueue(index, handler, max_request=self.max_request, poll_ns=self.poll_ns)
 
     # --- connection ------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ import asyncio
 import logging
 import os
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -164,9 +165,15 @@ class SplitVirtqueue:
     """
 
     def __init__(self, index: int, handler: RequestHandler, *, max_chain: int = MAX_CHAIN,
-                 max_request: Callable[[], int] | None = None, name: str | None = None) -> None:
+                 max_request: Callable[[], int] | None = None, name: str | None = None,
+                 poll_ns: int = 0) -> None:
         """*max_request* gives the most readable bytes a request may have (the 9P
-        msize); a longer chain is returned unanswered instead of reaching *handler*."""
+        msize); a longer chain is returned unanswered instead of reaching *handler*.
+
+        *poll_ns*: after answering the last request in flight, look at the avail
+        ring on every loop pass for this long, with the driver's notifications
+        suppressed, before sleeping on the kick eventfd again (0: never poll).
+        """
         self.index = index
         self.name = name or f"vq{index}"
         self.handler = handler
@@ -199,6 +206,9 @@ class SplitVirtqueue:
         self._reader_loop: asyncio.AbstractEventLoop | None = None
         #: The loop the ring runs on (cached: on 3.11 get_running_loop() is a getpid()).
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.poll_ns = poll_ns
+        self._poll_until = 0  # monotonic ns; 0: not polling
+        self._poll_handle: asyncio.Handle | None = None
 
     # --- configuration (control plane) -----------------------------------------------
 
@@ -313,6 +323,7 @@ class SplitVirtqueue:
         if self._resume_handle is not None:
             self._resume_handle.cancel()
             self._resume_handle = None
+        self._stop_polling()
         self.started = False
 
     async def stop(self, timeout: float | None = None) -> int:
@@ -540,6 +551,61 @@ class SplitVirtqueue:
         self._published = new
         if self._should_notify(old, new):
             self._signal_call()
+        if self.poll_ns and self._inflight == 0 and self.started and self._poll_until == 0:
+            self._start_polling()
+
+    # --- polling: the next request without a kick ---------------------------------------
+    #
+    # A guest that sends its next request soon after a reply (the Linux client
+    # does, between the requests of one system call) pays for a kick it need
+    # not make, and ninep for a wake-up from epoll. While polling, the driver
+    # is told not to kick (avail_event left behind last_avail_idx, or
+    # VIRTQ_USED_F_NO_NOTIFY) and each loop pass looks at avail.idx; when the
+    # window ends, notifications are re-armed and the ring looked at once more,
+    # so a chain made available meanwhile is never stranded.
+
+    def _start_polling(self) -> None:
+        self._poll_until = time.monotonic_ns() + self.poll_ns
+        self._set_notifications(False)
+        self._poll_handle = self._get_loop().call_soon(self._poll)
+
+    def _poll(self) -> None:
+        self._poll_handle = None
+        if not self.started or self.broken:
+            self._poll_until = 0  # the ring stopped: it re-arms notifications when it restarts
+            return
+        avail = self._avail
+        assert avail is not None
+        if _U16.unpack_from(avail, 2)[0] != self.last_avail_idx:
+            self._stop_polling()  # notifications back on while the new requests run
+            self.process_avail()
+        elif time.monotonic_ns() < self._poll_until:
+            self._poll_handle = self._get_loop().call_soon(self._poll)
+        else:
+            self._stop_polling()
+            if _U16.unpack_from(avail, 2)[0] != self.last_avail_idx:
+                self.process_avail()  # made available as notifications came back
+
+    def _stop_polling(self) -> None:
+        if self._poll_handle is not None:
+            self._poll_handle.cancel()
+            self._poll_handle = None
+        if self._poll_until:
+            self._poll_until = 0
+            if self._used is not None and self._avail is not None:
+                self._set_notifications(True)
+
+    def _set_notifications(self, on: bool) -> None:
+        """Ask the driver to kick for the next chain (or not to)."""
+        used = self._used
+        assert used is not None
+        if self.event_idx:
+            event = self.last_avail_idx if on else (self.last_avail_idx - 1) & 0xFFFF
+            _U16.pack_into(used, 4 + 8 * self.num, event)
+        else:
+            flags = _U16.unpack_from(used, 0)[0]
+            flags = flags & ~VIRTQ_USED_F_NO_NOTIFY if on else flags | VIRTQ_USED_F_NO_NOTIFY
+            _U16.pack_into(used, 0, flags)
 
     def _should_notify(self, old: int, new: int) -> bool:
         avail = self._avail
