@@ -314,6 +314,8 @@ def render(records: Sequence[RunRecord], params: Params, targets: Sequence[Targe
             base = t.name.split("@", 1)[0]
             if base in names:
                 pairs.append((base, t.name))
+        elif t.extra_args and "ninep-vhost" in names:
+            pairs.append((t.name, "ninep-vhost"))
     main = list(dict.fromkeys([n for pair in pairs for n in pair]
                               + [n for n in names if not any(n == t.name and t.is_variant for t in targets)]))
     variants = [t.name for t in targets if t.is_variant]
@@ -438,6 +440,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                          "tree's, every rep: a before/after in one run; may be repeated")
     ap.add_argument("--profile", action="store_true",
                     help="py-spy record the ninep server (profile-*.txt, summarised on the console)")
+    ap.add_argument("--vhost-variant", metavar="ARGS", action="append", default=[],
+                    help="also run ninep-vhost with these extra options, as the target "
+                         "'ninep-vhost[ARGS]' (e.g. --vhost-variant='--vhost-poll-us 100'); "
+                         "may be repeated")
     ap.add_argument("--trace", action="store_true",
                     help="stamp every vhost-user request's stages (bench.vq_trace): trace-*.json, "
                          "summarised with python -m bench.vq_trace --summary")
@@ -484,6 +490,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         targets.append(Target(f"ninep@{name}", "ninep", pythonpath=str(copy.resolve())))
         if any(t.kind == "vhost" for t in targets):
             targets.append(Target(f"ninep-vhost@{name}", "vhost", pythonpath=str(copy.resolve())))
+    if any(t.kind == "vhost" for t in targets):
+        targets += [Target(f"ninep-vhost[{v}]", "vhost", extra_args=tuple(v.split()))
+                    for v in args.vhost_variant]
     if args.servers != "all":
         wanted = args.servers.split(",")
         unknown = set(wanted) - {t.name for t in targets}

@@ -72,6 +72,8 @@ class Target:
     new_qemu: bool = False
     #: workloads this target cannot run (the floor back end keeps no data: no untar)
     skip_workloads: tuple[str, ...] = ()
+    #: further ninep options (``--vhost-variant``: e.g. a polling window)
+    extra_args: tuple[str, ...] = ()
 
     @property
     def is_variant(self) -> bool:
@@ -95,7 +97,7 @@ class Target:
 
 
 def ninep_command(target: Target, export: Path, listen: list[str], trace: Path | None = None) -> list[str]:
-    options = ["--export", str(export), "--log-level", "warning", *listen]
+    options = ["--export", str(export), "--log-level", "warning", *listen, *target.extra_args]
     if target.backend != FLOOR:
         options += ["--backend", target.backend]
     if target.backend == "local" and target.model:

@@ -1051,6 +1051,13 @@ class ProxyBackend(fdops.OpenFdOps, Backend):
             return
         await self._ok(P.Lremovexattr(_path(node.parts), os.fsencode(name)))
 
+    def capabilities(self) -> frozenset[int]:
+        """Only CAP_FSETID: the helper does everything privileged, but ninep writes
+        through the fds it hands over, and without CAP_FSETID the host kernel would
+        clear set-id bits on every write, the guest's root's included (Linux keeps
+        them for root; a write by anyone else clears them either way)."""
+        return frozenset({syscalls.CAP_FSETID})
+
     async def close(self) -> None:
         if self._closed:
             return

@@ -40,6 +40,8 @@ def test_modcaps_parse() -> None:
     (["--security-model", "mapped-file"], MAPPED),
     (["--security-model", "none"], NONE),
     (["--backend", "handle"], PASSTHROUGH | {sc.CAP_DAC_READ_SEARCH}),
+    # The proxy's helper does the privileged work; a root guest's writes keep set-id bits.
+    (["--backend", "proxy"], {sc.CAP_FSETID}),
     (["--modcaps", "+sys_admin,-mknod"], PASSTHROUGH - {sc.CAP_MKNOD} | {21}),
 ])
 async def test_the_running_server_keeps_only_what_its_model_needs(
