@@ -29,6 +29,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,12 +165,10 @@ def main(argv: list[str]) -> int:
     out_file = open(out, "w")
     from ninep import cli
 
-    factory = None
+    factory: Callable[[Any], Any] | None = None
     if floor:
         from bench.floor_backend import FloorBackend
-
-        def factory(args: Any) -> Any:
-            return FloorBackend(seed=args.export)
+        factory = lambda args: FloorBackend(seed=args.export)  # noqa: E731
     try:
         return cli.main(rest, backend_factory=factory)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 from pathlib import Path
@@ -29,3 +30,15 @@ async def wait_for_path(proc: asyncio.subprocess.Process, path: Path) -> None:
             break
         await asyncio.sleep(0.01)
     raise AssertionError(f"the server never listened at {path} (exit status {proc.returncode})")
+
+
+def open_fds(pid: int) -> list[str]:
+    """What the process's open fds point at (``/proc/PID/fd`` link targets), sorted:
+    a leak then names itself, not just a count."""
+    targets = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except FileNotFoundError:  # closed while we looked
+            pass
+    return sorted(targets)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from ninep.testing.process import open_fds
 from tests.e2e.guest import GuestImage, GuestResult, run_guest
 from tests.e2e.servers import NinepServer, require_vhost_qemu
 
@@ -37,17 +38,6 @@ def vhost_server(export_dir: Path, sock_dir: Path, tmp_path: Path) -> Iterator[N
     assert "Traceback" not in server.output(), server.output()
 
 
-def _fds(pid: int) -> list[str]:
-    """The targets of the process's open fds (to name a leak, not just count it)."""
-    out = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-        except FileNotFoundError:
-            pass
-    return sorted(out)
-
-
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -60,7 +50,7 @@ def _settled_fds(pid: int, want: list[str], timeout: float = 20.0) -> list[str]:
     asynchronously after QEMU exits), or the last one seen."""
     deadline = time.monotonic() + timeout
     while True:
-        now = _fds(pid)
+        now = open_fds(pid)
         if now == want or time.monotonic() > deadline:
             return now
         time.sleep(0.2)
@@ -88,7 +78,7 @@ echo ROUND-OK
 def test_three_guests_in_a_row_leave_fds_and_rss_at_baseline(
         e2e_image: GuestImage, vhost_server: NinepServer, export_dir: Path) -> None:
     pid = vhost_server.pid
-    baseline = _fds(pid)
+    baseline = open_fds(pid)
     rss: list[int] = []
     for n in range(3):
         res = run_guest(f"set -- {n}\n" + _ROUND, share=vhost_server.share(), image=e2e_image, timeout=600)
@@ -121,7 +111,7 @@ def _qemu_pids_using(sock: str) -> list[int]:
 def test_qemu_killed_mid_write_then_next_guest_is_served(
         e2e_image: GuestImage, vhost_server: NinepServer, export_dir: Path) -> None:
     pid = vhost_server.pid
-    baseline = _fds(pid)
+    baseline = open_fds(pid)
     big = export_dir / "big"
     killed: list[int] = []
 

@@ -11,6 +11,7 @@ import pytest
 
 from proxy_helper_support import Helper, snapshot
 from ninep.protocol import proxy as P
+from ninep.testing.process import open_fds
 
 
 def escaping_paths(outside) -> list[bytes]:
@@ -135,12 +136,7 @@ def test_inherited_fds_are_closed(tree):
     try:
         c = h.connect()
         c.ok(P.Lstat(b"/"))
-        targets = []
-        for fd in os.listdir(f"/proc/{h.pid}/fd"):
-            try:
-                targets.append(os.readlink(f"/proc/{h.pid}/fd/{fd}"))
-            except FileNotFoundError:
-                pass
+        targets = open_fds(h.pid)
         assert str(outside) not in targets
         dirs = [t for t in targets if t.startswith("/") and os.path.isdir(t)]
         assert sorted(dirs) == sorted([str(export), "/proc"]), targets

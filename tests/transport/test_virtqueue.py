@@ -137,6 +137,33 @@ async def test_polling_takes_the_next_request_without_a_kick(event_idx):
         assert echo.requests == [[b"1"], [b"2"], [b"3"]]
 
 
+async def test_the_polling_window_shrinks_when_requests_come_late_and_grows_back():
+    """A request that only comes after the window (by kick) halves it, down to no
+    polling at all; requests that come soon after a reply grow it back."""
+    echo = Echo()
+    window = 20_000_000  # 20 ms
+    async with FakeVirtqueue(echo, poll_ns=window) as fv:
+        async def request(delay: float) -> None:
+            await asyncio.sleep(delay)
+            req = fv.driver.add_chain([b"x"], [16])
+            fv.driver.kick()
+            assert await fv.driver.wait(req) == 3
+            await until(lambda: fv.queue._poll_until == 0 or fv.queue.poll_window_ns == 0)
+
+        await request(0)
+        for _ in range(12):  # each comes 30 ms after the last reply: too late to catch
+            await asyncio.sleep(0.03 - 0.001)
+            await request(0.001)
+        assert fv.queue.poll_window_ns == 0
+        assert fv.queue._poll_until == 0  # not polling after that reply
+        await request(0)
+        for _ in range(16):  # now each comes at once after the window ended: by kick
+            await request(0)
+        # Doubled back up (from 10 µs); each request here waits out the window, so at
+        # the top it may come just later than poll_ns and halve it once.
+        assert fv.queue.poll_window_ns >= window // 2
+
+
 async def test_no_polling_by_default():
     echo = Echo()
     async with FakeVirtqueue(echo) as fv:

@@ -47,6 +47,8 @@ MAX_QUEUE_SIZE = 32768
 #: Most descriptors one chain may have, direct or after expanding an indirect table
 #: (QEMU's VIRTQUEUE_MAX_SIZE): a chain walk is bounded even on a 32768-entry ring.
 MAX_CHAIN = 1024
+#: The smallest polling window an adaptive queue grows to from 0 (and shrinks to 0 below).
+POLL_GROW_START = 10_000
 #: Chains popped in one event-loop pass; the rest wait for the next pass, so a guest
 #: that fills a large ring with long (or looping) chains cannot stall the loop.
 CHAINS_PER_PASS = 16
@@ -171,8 +173,10 @@ class SplitVirtqueue:
         msize); a longer chain is returned unanswered instead of reaching *handler*.
 
         *poll_ns*: after answering the last request in flight, look at the avail
-        ring on every loop pass for this long, with the driver's notifications
-        suppressed, before sleeping on the kick eventfd again (0: never poll).
+        ring on every loop pass for up to this long, with the driver's
+        notifications suppressed, before sleeping on the kick eventfd again (0:
+        never poll). The window adapts between 0 and *poll_ns* to how soon the
+        next request has been coming.
         """
         self.index = index
         self.name = name or f"vq{index}"
@@ -207,7 +211,9 @@ class SplitVirtqueue:
         #: The loop the ring runs on (cached: on 3.11 get_running_loop() is a getpid()).
         self._loop: asyncio.AbstractEventLoop | None = None
         self.poll_ns = poll_ns
+        self.poll_window_ns = poll_ns  # the current window, adapted (see _adapt_window)
         self._poll_until = 0  # monotonic ns; 0: not polling
+        self._idle_since = 0  # monotonic ns of the last reply that left nothing in flight
         self._poll_handle: asyncio.Handle | None = None
 
     # --- configuration (control plane) -----------------------------------------------
@@ -552,7 +558,9 @@ class SplitVirtqueue:
         if self._should_notify(old, new):
             self._signal_call()
         if self.poll_ns and self._inflight == 0 and self.started and self._poll_until == 0:
-            self._start_polling()
+            self._idle_since = time.monotonic_ns()
+            if self.poll_window_ns:
+                self._start_polling()
 
     # --- polling: the next request without a kick ---------------------------------------
     #
@@ -563,9 +571,23 @@ class SplitVirtqueue:
     # VIRTQ_USED_F_NO_NOTIFY) and each loop pass looks at avail.idx; when the
     # window ends, notifications are re-armed and the ring looked at once more,
     # so a chain made available meanwhile is never stranded.
+    #
+    # The window adapts as KVM's halt polling does: a request that came by kick
+    # within poll_ns of the last reply says a longer window would have caught it
+    # (double it, from POLL_GROW_START); one that came later says polling only
+    # burnt CPU (halve it, to 0 below POLL_GROW_START). A guest that pauses
+    # between requests (a process per request, a user typing) is soon not
+    # polled for at all.
+
+    def _adapt_window(self, idle_ns: int) -> None:
+        if idle_ns <= self.poll_ns:
+            self.poll_window_ns = min(self.poll_ns, max(POLL_GROW_START, 2 * self.poll_window_ns))
+        else:
+            window = self.poll_window_ns // 2
+            self.poll_window_ns = window if window >= POLL_GROW_START else 0
 
     def _start_polling(self) -> None:
-        self._poll_until = time.monotonic_ns() + self.poll_ns
+        self._poll_until = time.monotonic_ns() + self.poll_window_ns
         self._set_notifications(False)
         self._poll_handle = self._get_loop().call_soon(self._poll)
 
@@ -577,6 +599,7 @@ class SplitVirtqueue:
         avail = self._avail
         assert avail is not None
         if _U16.unpack_from(avail, 2)[0] != self.last_avail_idx:
+            self._idle_since = 0  # caught by polling: the window is right
             self._stop_polling()  # notifications back on while the new requests run
             self.process_avail()
         elif time.monotonic_ns() < self._poll_until:
@@ -655,6 +678,11 @@ class SplitVirtqueue:
             self._stop_reader()
             return
         self.stats.kicks += 1
+        if self._poll_until:  # kicked before it saw the suppression
+            self._stop_polling()
+        if self._idle_since:
+            self._adapt_window(time.monotonic_ns() - self._idle_since)
+            self._idle_since = 0
         self.process_avail()
 
     def _maybe_start(self) -> None:
