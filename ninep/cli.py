@@ -90,10 +90,11 @@ def add_transport_options(ap: argparse.ArgumentParser) -> None:
                    help="vhost-user: an already-listening socket fd (socket activation)")
     g.add_argument("--tag", default="ninep",
                    help="vhost-user mount tag, at most 254 bytes (default: ninep)")
-    g.add_argument("--vhost-poll-us", type=_non_negative, default=0, metavar="US",
+    g.add_argument("--vhost-poll-us", type=_non_negative, default=500, metavar="US",
                    help="vhost-user: after the last reply, look for the next request on every "
-                        "loop pass for this long, with the guest's kicks suppressed, before "
-                        "sleeping (0: never; default: 0)")
+                        "loop pass for up to this long, with the guest's kicks suppressed, "
+                        "before sleeping; the window adapts to how soon requests come "
+                        "(0: never poll; default: 500)")
 
 
 def add_backend_options(ap: argparse.ArgumentParser) -> None:
