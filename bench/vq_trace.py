@@ -8,8 +8,8 @@ four methods of :class:`~ninep.transport.vhost.virtqueue.SplitVirtqueue` wrapped
 to stamp ``perf_counter_ns`` at each stage of every request, so the hot
 path of a normal ``ninep`` process carries no tracing code at all:
 
-* **kick**: ninep woke on the kick eventfd (or found the chain while
-  polling);
+* **kick**: ninep woke on the kick eventfd, or a polling pass found the
+  chain (``--vhost-poll-us``);
 * **walk**: the chain was walked and handed to the session;
 * **reply**: the session committed the reply into guest memory;
 * **call**: used.idx was published and the call eventfd written (or the
@@ -43,7 +43,7 @@ class Trace:
     """Stamps per request, keyed by (queue, head) while in flight."""
 
     def __init__(self) -> None:
-        self.kicks: list[int] = []
+        self.kicks: list[int] = []  # arrivals: kick read, or a polling pass that found work
         self.calls: list[int] = []
         self.requests: list[tuple[int, int, int, int]] = []  # kick, walk, reply, call-or-0
         self._open: dict[tuple[int, int], list[int]] = {}
@@ -55,15 +55,22 @@ class Trace:
 
         trace = self
         cls = vq.SplitVirtqueue
-        on_kick, dispatch, complete, flush = cls._on_kick, cls._dispatch, cls._complete, cls._flush_used
+        on_kick, poll, dispatch = cls._on_kick, cls._poll, cls._dispatch
+        complete, flush = cls._complete, cls._flush_used
 
         def _on_kick(self: Any) -> None:
             trace._last_kick = _now()
-            trace.kicks.append(trace._last_kick)
             on_kick(self)
 
+        def _poll(self: Any) -> None:
+            trace._last_kick = _now()  # if this pass finds a chain, it arrived now
+            poll(self)
+
         def _dispatch(self: Any, head: int) -> None:
-            trace._open[(id(self), head)] = [trace._last_kick or _now(), _now(), 0, 0]
+            arrival = trace._last_kick or _now()
+            if not trace.kicks or trace.kicks[-1] != arrival:
+                trace.kicks.append(arrival)
+            trace._open[(id(self), head)] = [arrival, _now(), 0, 0]
             dispatch(self, head)
 
         def _complete(self: Any, head: int, length: int, generation: int) -> None:
@@ -84,8 +91,8 @@ class Trace:
                 trace.requests.append(tuple(rec))  # type: ignore[arg-type]
             trace._unpublished.clear()
 
-        cls._on_kick, cls._dispatch, cls._complete, cls._flush_used = (  # type: ignore[method-assign]
-            _on_kick, _dispatch, _complete, _flush_used)
+        cls._on_kick, cls._poll, cls._dispatch, cls._complete, cls._flush_used = (  # type: ignore[method-assign]
+            _on_kick, _poll, _dispatch, _complete, _flush_used)
 
     def save(self, out: Any) -> None:
         out.write(json.dumps({"kicks": self.kicks, "calls": self.calls, "requests": self.requests}))
@@ -135,13 +142,13 @@ def _breakdown(requests: list[list[int]], kicks: list[int], calls: list[int]) ->
         p90 = xs[int(0.9 * (len(xs) - 1))]
         return f"{name:<34} {statistics.median(xs):10.1f} {p90:10.1f} {sum(xs) / 1e3:10.1f}"
 
-    lines = [f"{len(reqs)} requests, {len(kicks)} kicks, {len(calls)} calls, span {span / 1e6:.2f} s",
+    lines = [f"{len(reqs)} requests, {len(kicks)} arrivals, {len(calls)} calls, span {span / 1e6:.2f} s",
              f"{'stage (µs per request)':<34} {'median':>10} {'p90':>10} {'total ms':>10}",
-             row("kick -> chain walked", walk),
+             row("arrival -> chain walked", walk),
              row("walked -> reply committed", serve),
              row("committed -> used published+call", publish)]
     if gaps:
-        lines.append(row("call -> next kick (guest+QEMU)", gaps))
+        lines.append(row("call -> next arrival (guest+QEMU)", gaps))
     lines.append(f"ninep busy with a request {100 * busy / span:.1f}% of the span "
                  "(overlapping requests count once each)")
     return "\n".join(lines)
