@@ -255,10 +255,11 @@ class Dialect9P2000:
         return self._dir(qid, st, name, extension)
 
     def _dir(self, qid: p.Qid, st: Stat, name: str, extension: str) -> u.Dir | u.DirU:
+        uid, gid = self.session.guest_ids(st.uid, st.gid)
         head = (0, 0, qid, dm_mode(st.mode, self.dotu), _u32(st.atime_ns), _u32(st.mtime_ns),
-                st.size, name, str(st.uid), str(st.gid), "")
+                st.size, name, str(uid), str(gid), "")
         if self.dotu:
-            return u.DirU(*head, extension, st.uid, st.gid, 0)
+            return u.DirU(*head, extension, uid, gid, 0)
         return u.Dir(*head)
 
     async def _Tstat(self, msg: u.Tstat) -> Any:
@@ -359,6 +360,7 @@ class Dialect9P2000:
                 if value and not value.isdigit():
                     raise OSError(errno.EPERM, f"{field} {value!r} is not numeric")
                 setattr(change, field, int(value) if value else None)
+        self.session.host_owner(change)
         return None if change == SetAttr() else change
 
     # --- directory reads --------------------------------------------------------------------

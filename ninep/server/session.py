@@ -440,9 +440,22 @@ class Session:
             qid, st = await self.backend.getattr(fid.node)
         reply = rgetattr(qid, st)
         if self.config.ids is not None:
-            ids = self.config.ids
-            reply = reply._replace(uid=ids.uids.to_guest(reply.uid), gid=ids.gids.to_guest(reply.gid))
+            uid, gid = self.guest_ids(reply.uid, reply.gid)
+            reply = reply._replace(uid=uid, gid=gid)
         return reply
+
+    def guest_ids(self, uid: int, gid: int) -> tuple[int, int]:
+        """A file's host owner as the guest sees it (--translate-uid/gid, --all-squash)."""
+        ids = self.config.ids
+        return (uid, gid) if ids is None else (ids.uids.to_guest(uid), ids.gids.to_guest(gid))
+
+    def host_owner(self, change: SetAttr) -> None:
+        """Turn the guest ids a setattr or wstat asks for into host ids, in place."""
+        if self.config.ids is not None:
+            if change.uid is not None:
+                change.uid = self.config.ids.uids.to_host(change.uid)
+            if change.gid is not None:
+                change.gid = self.config.ids.gids.to_host(change.gid)
 
     def _credentials(self, fid: Fid, gid: int) -> Credentials:
         """Whom a create-type request acts for, in host ids."""
@@ -469,11 +482,7 @@ class Session:
             change.uid = None
         if change.gid == p.NOFID:
             change.gid = None
-        if self.config.ids is not None:
-            if change.uid is not None:
-                change.uid = self.config.ids.uids.to_host(change.uid)
-            if change.gid is not None:
-                change.gid = self.config.ids.gids.to_host(change.gid)
+        self.host_owner(change)
         async with fid.in_use():
             await self.backend.setattr(fid.node, change)
         return p.Rsetattr()

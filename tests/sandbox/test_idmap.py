@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from ninep.protocol import dotu as u
 from ninep.protocol import ninep as p
 from ninep.sandbox.options import id_translation
 from ninep.server.idmap import IdRule, IdTranslation
@@ -74,6 +75,22 @@ async def test_translate_maps_guest_ids_to_host_ids_and_back(serve: ServeFactory
         await client.mkdir(root, "d", gid=50)
     assert info.value.errno == errno.EPERM
     assert not (export / "d").exists()
+
+
+async def test_translate_applies_to_9p2000u_stats_and_wstats(serve: ServeFactory,
+                                                             export: Path) -> None:
+    """A .u Rstat shows guest ids and a Twstat's n_uid/n_gid are guest ids, as in .L."""
+    ids = translation(["map:1000:200000:10"], ["map:1000:300000:10"])
+    served = await serve(config=SessionConfig(ids=ids))
+    client = await served.connect(version=u.VERSION_9P2000U)
+    root = await client.attach(n_uname=1003)
+    fid, _ = await client.tcreate(root, "f", 0o644)
+    os.chown(export / "f", 200005, 300006)
+    d = await client.stat(fid)
+    assert (d.n_uid, d.n_gid, d.uid, d.gid) == (1005, 1006, "1005", "1006")
+    await client.wstat(fid, n_uid=1007, n_gid=1008)
+    st = os.lstat(export / "f")
+    assert (st.st_uid, st.st_gid) == (200007, 300008)
 
 
 def test_options_reach_the_translation(export: Path) -> None:
