@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import os
 import stat
 import time
 from dataclasses import dataclass, field
@@ -94,8 +95,6 @@ class FloorBackend(Backend):
             self._seed(seed, self.root)
 
     def _seed(self, path: str, into: _Inode) -> None:
-        import os
-
         with os.scandir(path) as it:
             for entry in it:
                 st = entry.stat(follow_symlinks=False)

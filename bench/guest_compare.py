@@ -316,9 +316,9 @@ def render(records: Sequence[RunRecord], params: Params, targets: Sequence[Targe
                 pairs.append((base, t.name))
         elif t.extra_args and "ninep-vhost" in names:
             pairs.append((t.name, "ninep-vhost"))
-    main = list(dict.fromkeys([n for pair in pairs for n in pair]
-                              + [n for n in names if not any(n == t.name and t.is_variant for t in targets)]))
     variants = [t.name for t in targets if t.is_variant]
+    main = list(dict.fromkeys([*(n for pair in pairs for n in pair),
+                               *(n for n in names if n not in variants)]))
     rows_m = metrics(params)
     lines = [
         f"# ninep guest benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {reps} reps, "

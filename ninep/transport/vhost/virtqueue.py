@@ -558,9 +558,9 @@ class SplitVirtqueue:
         if self._should_notify(old, new):
             self._signal_call()
         if self.poll_ns and self._inflight == 0 and self.started and self._poll_until == 0:
-            self._idle_since = time.monotonic_ns()
+            self._idle_since = now = time.monotonic_ns()
             if self.poll_window_ns:
-                self._start_polling()
+                self._start_polling(now)
 
     # --- polling: the next request without a kick ---------------------------------------
     #
@@ -586,8 +586,8 @@ class SplitVirtqueue:
             window = self.poll_window_ns // 2
             self.poll_window_ns = window if window >= POLL_GROW_START else 0
 
-    def _start_polling(self) -> None:
-        self._poll_until = time.monotonic_ns() + self.poll_window_ns
+    def _start_polling(self, now: int) -> None:
+        self._poll_until = now + self.poll_window_ns
         self._set_notifications(False)
         self._poll_handle = self._get_loop().call_soon(self._poll)
 
