@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
 from . import __version__
@@ -219,12 +219,13 @@ def make_backend(args: argparse.Namespace, load: RequestLoad | None = None) -> B
     if args.backend == "local":
         from .backends.local import LocalBackend, make_model
         model = make_model(args.security_model or "passthrough", args.fmode, args.dmode)
-        return LocalBackend(args.export, model=model, multidevs=args.multidevs, threads=args.threads,
-                            inline=None if args.inline == "auto" else False, load=load)
+        return LocalBackend(args.export, model=model, multidevs=args.multidevs,
+                            threads=args.threads, inline=None if args.inline == "auto" else False,
+                            load=load)
     if args.backend == "handle":
         if args.security_model is not None:
             raise ValueError("Invalid argument security_model specified with handle fsdriver")
-        from .backends.handle import HandleBackend  # type: ignore[import-not-found]
+        from .backends.handle import HandleBackend
         return HandleBackend(args.export, multidevs=args.multidevs, threads=args.threads,
                              inline=None if args.inline == "auto" else False, load=load)
     from .backends.proxy import ProxyBackend
@@ -285,6 +286,9 @@ async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = Non
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        # Before anything listens or the process is confined: a proxy back end
+        # starts its helper here, which needs the host's file system.
+        await backend.start()
         if config.stats is not None:
             metrics = MetricsServer(config.stats.prometheus)
             try:
@@ -361,6 +365,7 @@ def main(argv: list[str] | None = None,
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="ninep: %(levelname)s %(message)s")
     prepare(args)
+    runner: Callable[[Coroutine[Any, Any, None]], None]
     try:
         import uvloop
         runner = uvloop.run

@@ -66,6 +66,7 @@ async def serve(export: Path, sockdir: Path) -> AsyncIterator[ServeFactory]:
                     name: str = "s") -> Served:
         config = config or SessionConfig()
         backend = backend or LocalBackend(str(export), threads=4, load=config.load)
+        await backend.start()
         server = StreamServer(lambda: backend, config)
         path = str(sockdir / f"{name}{len(started)}.sock")
         await server.start(ListenAddress.parse(f"unix:{path}"))

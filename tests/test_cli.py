@@ -165,6 +165,28 @@ async def test_serve_shares_its_request_count_with_the_back_end(
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_serve_starts_the_back_end_before_serving_and_closes_it(
+        export: Path, sockdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ninep.backends.local import LocalBackend
+    events: list[str] = []
+
+    class Recording(LocalBackend):
+        async def start(self) -> None:
+            events.append("start")
+
+        async def close(self) -> None:
+            events.append("close")
+            await super().close()
+
+    task, client = await _serve_in_process(["--export", str(export)], sockdir / "s",
+                                           monkeypatch, backend=Recording(str(export)))
+    assert events == ["start"]  # by the time it is ready
+    await client.close()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert events == ["start", "close"]
+
+
 def test_help_exits_0() -> None:
     result = run_cli("--help")
     assert result.returncode == 0

@@ -277,6 +277,11 @@ class Backend(ABC):
         """The capabilities (syscalls.CAP_*) serving needs once started; the rest are dropped."""
         return frozenset()
 
+    async def start(self) -> None:  # noqa: B027 - most back ends have nothing to start
+        """Get ready to serve, on the server's event loop: the server awaits it
+        once before the first request (again, it does nothing).  Work that needs
+        the loop (reaching a proxy helper) belongs here, not in the constructor."""
+
     async def close(self) -> None:
         """Release everything the back end holds (root fds, pools, helpers)."""
 

@@ -78,7 +78,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 from .. import syscalls
@@ -291,16 +291,13 @@ class Connector:
     may_serve_one: bool = False
     #: Most connections this helper can serve (None: no limit).
     max_connections: int | None = None
-    #: Open the whole pool at construction (helpers we start serve any number).
+    #: Open the whole pool at start (helpers we start serve any number).
     open_all_at_start: bool = False
     where: str = "proxy helper"
 
     async def connect(self) -> socket.socket:
-        raise NotImplementedError
-
-    def connect_blocking(self) -> socket.socket:
-        """The first connection, made (and any helper started) in the calling
-        thread, which must outlive the helper: see :func:`_die_with_parent`."""
+        """A new connection, on the server's event loop.  A helper started here
+        lives as long as the loop's thread: see :func:`_die_with_parent`."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -318,17 +315,6 @@ async def _connect_unix(path: str) -> socket.socket:
     return sock
 
 
-def _connect_unix_blocking(path: str, timeout: float = 10.0) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(path)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 class SocketConnector(Connector):
     """A helper someone else runs, listening on a Unix socket (``--proxy-socket``)."""
 
@@ -340,9 +326,6 @@ class SocketConnector(Connector):
 
     async def connect(self) -> socket.socket:
         return await _connect_unix(self.path)
-
-    def connect_blocking(self) -> socket.socket:
-        return _connect_unix_blocking(self.path)
 
 
 class FdConnector(Connector):
@@ -362,9 +345,6 @@ class FdConnector(Connector):
         self.where = f"proxy helper on fd {fd}"
 
     async def connect(self) -> socket.socket:
-        return self.connect_blocking()
-
-    def connect_blocking(self) -> socket.socket:
         sock, self._sock = self._sock, None
         if sock is None:
             raise OSError(errno.ECONNRESET, "the --proxy-fd connection is gone")
@@ -400,8 +380,7 @@ class SpawnedHelper(Connector):
         self.start_timeout = start_timeout
         name = "ninep-proxy-helper" if argv is None else os.path.basename(self.argv[-1])
         self.where = f"proxy helper {name}"
-        self._rundir = tempfile.mkdtemp(prefix="ninep-proxy-")
-        self.socket_path = os.path.join(self._rundir, "helper.sock")
+        self._rundir: str | None = None  # made when the listening helper first starts
         self._procs: list[subprocess.Popen[bytes]] = []
         self._listener: subprocess.Popen[bytes] | None = None
 
@@ -417,6 +396,13 @@ class SpawnedHelper(Connector):
         """Forget helpers that have exited (per-connection ones exit at EOF)."""
         self._procs = [p for p in self._procs if p.poll() is None]
 
+    @property
+    def socket_path(self) -> str:
+        """The listening helper's socket, in a private directory made on first use."""
+        if self._rundir is None:
+            self._rundir = tempfile.mkdtemp(prefix="ninep-proxy-")
+        return os.path.join(self._rundir, "helper.sock")
+
     def _spawn_listener(self) -> subprocess.Popen[bytes]:
         try:
             os.unlink(self.socket_path)  # a dead helper's socket; the helper refuses to reuse it
@@ -425,9 +411,8 @@ class SpawnedHelper(Connector):
         return self._popen(["-s", self.socket_path, "-u", str(os.getuid()), "-g",
                             str(os.getgid())])
 
-    def _listener_steps(self) -> Iterator[float]:
-        """(Re)start the listening helper unless it runs; yields how long to
-        sleep until its socket exists (driven by sync and async callers)."""
+    async def _ensure_listener(self) -> None:
+        """(Re)start the listening helper unless it runs, and wait for its socket."""
         if self._listener is not None and self._listener.poll() is None:
             return
         if self._listener is not None:
@@ -443,26 +428,13 @@ class SpawnedHelper(Connector):
             if time.monotonic() > deadline:
                 raise OSError(errno.ETIMEDOUT,
                               f"{self.where} did not create its socket in {self.start_timeout:g}s")
-            yield 0.01
-
-    def connect_blocking(self) -> socket.socket:
-        if self.per_connection:
-            return self._connect_pair()
-        for delay in self._listener_steps():
-            time.sleep(delay)
-        for _ in range(_CONNECT_TRIES):  # bound a moment before the helper listens
-            try:
-                return _connect_unix_blocking(self.socket_path)
-            except ConnectionRefusedError:
-                time.sleep(0.01)
-        return _connect_unix_blocking(self.socket_path)
+            await asyncio.sleep(0.01)
 
     async def connect(self) -> socket.socket:
         if self.per_connection:
             return self._connect_pair()
-        for delay in self._listener_steps():
-            await asyncio.sleep(delay)
-        for _ in range(_CONNECT_TRIES):
+        await self._ensure_listener()
+        for _ in range(_CONNECT_TRIES):  # bound a moment before the helper listens
             try:
                 return await _connect_unix(self.socket_path)
             except ConnectionRefusedError:
@@ -491,7 +463,9 @@ class SpawnedHelper(Connector):
                 proc.kill()
                 proc.wait()
         self._procs.clear()
-        shutil.rmtree(self._rundir, ignore_errors=True)
+        if self._rundir is not None:
+            shutil.rmtree(self._rundir, ignore_errors=True)
+            self._rundir = None
 
 
 # --- the pool -----------------------------------------------------------------------------------
@@ -529,8 +503,34 @@ class HelperPool:
         self._opening = asyncio.Lock()
         self._warned_unreachable = False
 
-    def adopt(self, conn: HelperConnection) -> None:
-        """Put a connection made outside the pool into a free slot."""
+    async def start(self, timeout: float = 30.0) -> P.ProxyStat:
+        """Make the first connection and prove that the helper serves with a
+        T_LSTAT of its root, which is returned; one-line OSErrors say why not.
+        A helper that serves any number gets all its connections now."""
+        where = self.connector.where
+        try:
+            sock = await self.connector.connect()
+        except OSError as exc:
+            raise OSError(f"cannot reach the {where}: {exc.strerror or exc}") from None
+        conn = HelperConnection(sock)
+        try:
+            reply, _ = (await asyncio.wait_for(conn.call([P.Lstat(b"/")]), timeout))[0]
+            root = _expect(reply, P.ProxyStat)
+        except (TimeoutError, OSError) as exc:
+            conn.close()
+            why = "no answer" if isinstance(exc, asyncio.TimeoutError) else exc.strerror or exc
+            raise OSError(f"the {where} does not serve: {why}") from None
+        if not st_.S_ISDIR(root.st_mode):
+            conn.close()
+            raise OSError(f"the {where} exports no directory")
+        self._adopt(conn)
+        if self.connector.open_all_at_start:  # a fixed set of fds from the start
+            for _ in range(self.size - 1):
+                self._adopt(HelperConnection(await self.connector.connect()))
+        return root
+
+    def _adopt(self, conn: HelperConnection) -> None:
+        """Put a connection made outside :meth:`_take` into a free slot."""
         self._slots.get_nowait()
         conn.generation = self._generation
         self._live.add(conn)
@@ -581,7 +581,7 @@ class HelperPool:
         if self._live and self.connector.may_serve_one:
             try:
                 await asyncio.wait_for(conn.call([P.Lstat(b"/")]), self.probe_timeout)
-            except (asyncio.TimeoutError, OSError):
+            except (TimeoutError, OSError):
                 conn.close()
                 self._refused("no answer")
         self._live.add(conn)
@@ -615,26 +615,6 @@ class HelperPool:
         for conn in list(self._live):
             self._forget(conn)
         self.connector.close()
-
-
-def _run_in_private_loop(coro: Coroutine[Any, Any, T]) -> T:
-    """Run *coro* to completion on a fresh event loop in a thread of its own,
-    so construction works whether or not the caller runs a loop already."""
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result.append(asyncio.run(coro))
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            error.append(exc)
-
-    thread = threading.Thread(target=run, name="ninep-proxy-start")
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return result[0]
 
 
 # --- the back end -----------------------------------------------------------------------------
@@ -678,49 +658,43 @@ class ProxyBackend(fdops.OpenFdOps, Backend):
 
     def __init__(self, connector: Connector, *, multidevs: str = "warn", threads: int = 8,
                  pool_size: int | None = None) -> None:
-        self.pool = HelperPool(connector, pool_size or min(threads, 16))
+        """Nothing is started here: :meth:`start` reaches the helper."""
         try:
             QidMapper(0, multidevs)  # refuse a bad --multidevs before starting anything
-            try:
-                sock = connector.connect_blocking()
-            except OSError as exc:
-                raise OSError(f"cannot reach the {connector.where}: {exc.strerror or exc}") \
-                    from None
-            first, root = _run_in_private_loop(self._handshake(sock, connector.where))
-            self.pool.adopt(first)
-            if connector.open_all_at_start:  # a fixed set of fds from the start
-                for _ in range(self.pool.size - 1):
-                    self.pool.adopt(HelperConnection(connector.connect_blocking()))
         except BaseException:
-            self.pool.close()
+            connector.close()
             raise
-        self.qids = QidMapper(root.dev, multidevs)
+        self._multidevs = multidevs
+        self.pool = HelperPool(connector, pool_size or min(threads, 16))
         self._pool = fdops.WorkerPool(threads, "ninep-proxy")
         self._nodes: weakref.WeakSet[ProxyNode] = weakref.WeakSet()
+        self._starting = asyncio.Lock()
+        self._started = False
         self._closed = False
 
-    @staticmethod
-    async def _handshake(sock: socket.socket, where: str) -> tuple[HelperConnection, Stat]:
-        """The first connection, proven with a T_LSTAT of the root (one-line errors)."""
-        conn = HelperConnection(sock)
-        try:
-            reply, _ = (await asyncio.wait_for(conn.call([P.Lstat(b"/")]), 30))[0]
-            root = stat_from_proxy(_expect(reply, P.ProxyStat))
-        except (OSError, asyncio.TimeoutError) as exc:
-            conn.close()
-            why = "no answer" if isinstance(exc, asyncio.TimeoutError) else exc.strerror or exc
-            raise OSError(f"the {where} does not serve: {why}") from None
-        if not st_.S_ISDIR(root.mode):
-            conn.close()
-            raise OSError(f"the {where} exports no directory")
-        return conn, root
+    async def start(self) -> None:
+        """Reach the helper (start it, for :meth:`spawn`) on the server's loop and
+        learn the export's device.  A one-line OSError says why not, and then the
+        back end is closed, whatever it started stopped again."""
+        async with self._starting:
+            if self._started:
+                return
+            if self._closed:
+                raise RuntimeError("the proxy back end is closed")
+            try:
+                root = stat_from_proxy(await self.pool.start())
+            except BaseException:
+                await self.close()
+                raise
+            self.qids = QidMapper(root.dev, self._multidevs)
+            self._started = True
 
     # --- construction from options -------------------------------------------------------
 
     @classmethod
     def spawn(cls, export: str, argv: Sequence[str] | None = None, *,
               per_connection: bool = False, **options: Any) -> ProxyBackend:
-        """Start a helper (ours by default) on *export* and serve through it."""
+        """Serve *export* through a helper (ours by default) that :meth:`start` starts."""
         return cls(SpawnedHelper(export, argv, per_connection=per_connection), **options)
 
     @classmethod
@@ -781,6 +755,8 @@ class ProxyBackend(fdops.OpenFdOps, Backend):
     # --- attach / walk (clunk: fdops.OpenFdOps) ------------------------------------
 
     async def attach(self, uname: str, uid: int, aname: str) -> tuple[ProxyNode, Qid]:
+        if not self._started:
+            raise RuntimeError("ProxyBackend.start() must be awaited before serving")
         st = await self._lstat(())
         return self._new_node((), st.mode), self.qids.qid(st)
 
