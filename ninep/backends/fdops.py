@@ -335,7 +335,7 @@ def read_dir(fd: int, lock: threading.Lock, offset: int, max_entries: int, qids:
                     break
         return out
     out = []
-    for ino, off, dtype, name in raw:
+    for _ino, off, dtype, name in raw:
         try:
             st = root_stat() if name == b".." and root_stat is not None else \
                 stat_entry(fd, os.fsdecode(name))
