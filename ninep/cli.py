@@ -268,7 +268,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = None,
                 backend: Backend | None = None) -> None:
-    """Serve until SIGINT/SIGTERM; *backend* replaces the one the options describe."""
+    """Serve until SIGINT/SIGTERM; *backend* replaces the one the options describe
+    (built without this server's RequestLoad, its worker pool never runs a call inline)."""
     load = RequestLoad()  # counted by every session, read by the back end's worker pool
     backend = backend if backend is not None else make_backend(args, load)
     config = SessionConfig(msize=args.msize, readonly=args.readonly, max_fids=args.max_fids,

@@ -84,7 +84,7 @@ def _child(parts: tuple[str, ...], name: str) -> tuple[str, ...]:
 
 
 class ProxyBackend(fdops.OpenFdOps, Backend):
-    """Serves the export of a proxy helper (see the module docstring)."""
+    """Serves the export of a proxy helper (see the package docstring)."""
 
     def __init__(self, connector: Connector, *, multidevs: str = "warn", threads: int = 8,
                  pool_size: int | None = None) -> None:
