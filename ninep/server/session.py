@@ -18,8 +18,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..backends.base import (UTIME_NOW, Backend, Credentials, RequestLoad, SetAttr, Stat,
-                             qid_type)
+from ..backends.base import UTIME_NOW, Backend, Credentials, RequestLoad, SetAttr, Stat, qid_type
 from ..protocol import dotu as u
 from ..protocol import ninep as p
 from ..transport.base import ReplySink, Segments, gather, scatter, slice_segments, total_length
