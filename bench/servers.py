@@ -168,7 +168,8 @@ def vhost_user_available() -> tuple[bool, str]:
 
 
 def proxy_backend_available() -> bool:
-    return (REPO / "ninep" / "backends" / "proxy.py").exists()
+    backends = REPO / "ninep" / "backends"
+    return (backends / "proxy.py").exists() or (backends / "proxy" / "__init__.py").exists()
 
 
 def all_targets(with_variants: bool = True, with_floor: bool = False) -> tuple[list[Target], list[str]]:

@@ -11,11 +11,11 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
 from . import __version__
-from .backends.base import Backend
+from .backends.base import Backend, RequestLoad
 from .backends.local.secmodel import MODEL_CHOICES
 from .backends.qid import MULTIDEVS_CHOICES
 from .fsdev import FsdevError, parse_fsdev
@@ -212,19 +212,22 @@ def apply_fsdev(args: argparse.Namespace) -> None:
         setattr(args, attr, value)
 
 
-def make_backend(args: argparse.Namespace) -> Backend:
-    """Build the back end the options ask for; ValueError/OSError explain a refusal."""
+def make_backend(args: argparse.Namespace, load: RequestLoad | None = None) -> Backend:
+    """Build the back end the options ask for; ValueError/OSError explain a refusal.
+    *load* is the server's request count, which lets its worker pool run a lone
+    request's calls on the event loop (``--inline auto``)."""
     if args.backend == "local":
         from .backends.local import LocalBackend, make_model
         model = make_model(args.security_model or "passthrough", args.fmode, args.dmode)
-        return LocalBackend(args.export, model=model, multidevs=args.multidevs, threads=args.threads,
-                            inline=None if args.inline == "auto" else False)
+        return LocalBackend(args.export, model=model, multidevs=args.multidevs,
+                            threads=args.threads, inline=None if args.inline == "auto" else False,
+                            load=load)
     if args.backend == "handle":
         if args.security_model is not None:
             raise ValueError("Invalid argument security_model specified with handle fsdriver")
-        from .backends.handle import HandleBackend  # type: ignore[import-not-found]
+        from .backends.handle import HandleBackend
         return HandleBackend(args.export, multidevs=args.multidevs, threads=args.threads,
-                             inline=None if args.inline == "auto" else False)
+                             inline=None if args.inline == "auto" else False, load=load)
     from .backends.proxy import ProxyBackend
     return ProxyBackend.from_args(args)
 
@@ -265,12 +268,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = None,
                 backend: Backend | None = None) -> None:
-    """Serve until SIGINT/SIGTERM; *backend* replaces the one the options describe."""
-    backend = backend if backend is not None else make_backend(args)
+    """Serve until SIGINT/SIGTERM; *backend* replaces the one the options describe
+    (built without this server's RequestLoad, its worker pool never runs a call inline)."""
+    load = RequestLoad()  # counted by every session, read by the back end's worker pool
+    backend = backend if backend is not None else make_backend(args, load)
     config = SessionConfig(msize=args.msize, readonly=args.readonly, max_fids=args.max_fids,
                            max_inflight=args.max_inflight, max_xattr_size=args.max_xattr_size,
                            stats=Stats() if args.stats is not None else None,
-                           ids=id_translation(args))
+                           ids=id_translation(args), load=load)
     servers: list[StreamServer] = []
     metrics: MetricsServer | None = None
     tasks: list[asyncio.Task] = []
@@ -282,6 +287,9 @@ async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = Non
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        # Before anything listens or the process is confined: a proxy back end
+        # starts its helper here, which needs the host's file system.
+        await backend.start()
         if config.stats is not None:
             metrics = MetricsServer(config.stats.prometheus)
             try:
@@ -358,6 +366,7 @@ def main(argv: list[str] | None = None,
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="ninep: %(levelname)s %(message)s")
     prepare(args)
+    runner: Callable[[Coroutine[Any, Any, None]], None]
     try:
         import uvloop
         runner = uvloop.run

@@ -64,8 +64,10 @@ async def serve(export: Path, sockdir: Path) -> AsyncIterator[ServeFactory]:
 
     async def start(config: SessionConfig | None = None, backend: Backend | None = None,
                     name: str = "s") -> Served:
-        backend = backend or LocalBackend(str(export), threads=4)
-        server = StreamServer(lambda: backend, config or SessionConfig())
+        config = config or SessionConfig()
+        backend = backend or LocalBackend(str(export), threads=4, load=config.load)
+        await backend.start()
+        server = StreamServer(lambda: backend, config)
         path = str(sockdir / f"{name}{len(started)}.sock")
         await server.start(ListenAddress.parse(f"unix:{path}"))
         served = Served(server, backend, path)

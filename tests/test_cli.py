@@ -119,6 +119,74 @@ def test_inline_option_reaches_the_worker_pool(export: Path, option: list[str], 
         asyncio.run(be.close())
 
 
+async def _serve_in_process(args: list[str], sock: Path, monkeypatch: pytest.MonkeyPatch,
+                            **serve_options: object) -> tuple[asyncio.Task, Client]:
+    """``cli.serve`` on this loop (unconfined: the test process must keep its
+    file system and syscalls) and a client of its Unix socket."""
+    from ninep import cli
+    monkeypatch.setattr(cli, "confine", lambda *_: None)
+    ready = asyncio.Event()
+    task = asyncio.ensure_future(cli.serve(cli.parse_args([*args, "--listen", f"unix:{sock}"]),
+                                           ready.set, **serve_options))  # type: ignore[arg-type]
+    await asyncio.wait_for(ready.wait(), 30)
+    return task, await Client.connect_unix(str(sock))
+
+
+async def test_serve_shares_its_request_count_with_the_back_end(
+        export: Path, sockdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sessions count requests in the RequestLoad the back end's pool reads:
+    a lone request's read runs on the event loop (``--inline auto``)."""
+    import threading
+
+    from ninep import cli
+    (export / "f").write_bytes(b"x" * 4096)
+    built = []
+    make_backend = cli.make_backend
+    monkeypatch.setattr(cli, "make_backend",
+                        lambda *a: built.append(make_backend(*a)) or built[-1])
+    task, client = await _serve_in_process(["--export", str(export)], sockdir / "s", monkeypatch)
+    try:
+        pool = built[0]._pool
+        ran_on: list[int] = []
+        pool_run = pool.run
+
+        async def run(fn, *args):  # type: ignore[no-untyped-def]
+            return await pool_run(lambda *a: (ran_on.append(threading.get_ident()), fn(*a))[1],
+                                  *args)
+
+        pool.run = run
+        fid = await client.walk_open(await client.attach(), ["f"])
+        ran_on.clear()
+        assert len(await client.read(fid, 0, 100)) == 100
+        assert ran_on == [threading.get_ident()]
+    finally:
+        await client.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_serve_starts_the_back_end_before_serving_and_closes_it(
+        export: Path, sockdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ninep.backends.local import LocalBackend
+    events: list[str] = []
+
+    class Recording(LocalBackend):
+        async def start(self) -> None:
+            events.append("start")
+
+        async def close(self) -> None:
+            events.append("close")
+            await super().close()
+
+    task, client = await _serve_in_process(["--export", str(export)], sockdir / "s",
+                                           monkeypatch, backend=Recording(str(export)))
+    assert events == ["start"]  # by the time it is ready
+    await client.close()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert events == ["start", "close"]
+
+
 def test_help_exits_0() -> None:
     result = run_cli("--help")
     assert result.returncode == 0

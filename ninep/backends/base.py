@@ -30,12 +30,14 @@ Node = Any
 Views = list[memoryview]
 
 class RequestLoad:
-    """How many 9P requests this process is handling now, over all sessions.
+    """How many 9P requests a server is handling now, over all its sessions.
 
-    Sessions keep the count; a back end's :class:`~ninep.backends.fdops.WorkerPool`
-    reads it to run a call on the event loop itself when it belongs to the
-    only request in flight: a thread hop then buys no concurrency and costs
-    two thread wake-ups (bench/OPTIMISATIONS.md).
+    Whoever builds the server creates one and hands it to its sessions
+    (``SessionConfig.load``), which keep the count, and to its back end,
+    whose :class:`~ninep.backends.fdops.WorkerPool` reads it to run a call on
+    the event loop itself when it belongs to the only request in flight: a
+    thread hop then buys no concurrency and costs two thread wake-ups
+    (bench/OPTIMISATIONS.md).
     """
 
     __slots__ = ("in_flight",)
@@ -43,9 +45,6 @@ class RequestLoad:
     def __init__(self) -> None:
         self.in_flight = 0
 
-
-#: The one count for the process (everything runs on one event loop).
-REQUEST_LOAD = RequestLoad()
 
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
@@ -277,6 +276,11 @@ class Backend(ABC):
     def capabilities(self) -> frozenset[int]:
         """The capabilities (syscalls.CAP_*) serving needs once started; the rest are dropped."""
         return frozenset()
+
+    async def start(self) -> None:  # noqa: B027 - most back ends have nothing to start
+        """Get ready to serve, on the server's event loop: the server awaits it
+        once before the first request (again, it does nothing).  Work that needs
+        the loop (reaching a proxy helper) belongs here, not in the constructor."""
 
     async def close(self) -> None:
         """Release everything the back end holds (root fds, pools, helpers)."""

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from .. import syscalls
 from ..protocol.ninep import (LOCK_BLOCKED, LOCK_SUCCESS, LOCK_TYPE_RDLCK, LOCK_TYPE_UNLCK,
                               LOCK_TYPE_WRLCK, QTDIR, QTFILE, QTSYMLINK, Qid)
-from .base import (REQUEST_LOAD, UTIME_OMIT, DirEntry, LockResult, SetAttr, Stat, StatFs,
+from .base import (UTIME_OMIT, DirEntry, LockResult, RequestLoad, SetAttr, Stat, StatFs,
                    setid_bits_to_clear)
 from .qid import QidMapper
 
@@ -103,15 +103,18 @@ class WorkerPool:
     starts only when no idle one can take the call, so a lone guest's
     requests keep landing on the same warm thread.
 
-    With *inline_when_alone*, a call made for the only request in flight in
-    the process (:data:`~ninep.backends.base.REQUEST_LOAD`) runs right here
-    on the event loop: nothing else is waiting for the loop, and the hop's
-    two thread wake-ups are most of such a request's cost.  A back end asks
-    for it only on a local file system (:func:`export_is_local`), where a call
-    blocks for a disk access at worst.
+    With *inline_when_alone*, a call made for the only request in flight on
+    the server (*load*, the :class:`~ninep.backends.base.RequestLoad` its
+    sessions count in) runs right here on the event loop: nothing else is
+    waiting for the loop, and the hop's two thread wake-ups are most of such
+    a request's cost.  A back end asks for it only on a local file system
+    (:func:`export_is_local`), where a call blocks for a disk access at worst.
+    Without a *load* nothing tells the pool that a call is alone, so every
+    call takes the hop.
     """
 
-    def __init__(self, threads: int, name: str, *, inline_when_alone: bool = False) -> None:
+    def __init__(self, threads: int, name: str, *, load: RequestLoad | None = None,
+                 inline_when_alone: bool = False) -> None:
         self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._max = threads
         self._name = name
@@ -119,12 +122,13 @@ class WorkerPool:
         self._idle = threading.Semaphore(0)
         self._lock = threading.Lock()
         self._closed = False
+        self.load = load
         self.inline_when_alone = inline_when_alone
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._closed:
             raise RuntimeError("worker pool is shut down")
-        if self.inline_when_alone and REQUEST_LOAD.in_flight <= 1:
+        if self.inline_when_alone and self.load is not None and self.load.in_flight <= 1:
             return fn(*args)
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
@@ -331,7 +335,7 @@ def read_dir(fd: int, lock: threading.Lock, offset: int, max_entries: int, qids:
                     break
         return out
     out = []
-    for ino, off, dtype, name in raw:
+    for _ino, off, dtype, name in raw:
         try:
             st = root_stat() if name == b".." and root_stat is not None else \
                 stat_entry(fd, os.fsdecode(name))

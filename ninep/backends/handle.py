@@ -38,7 +38,7 @@ from typing import NamedTuple, TypeVar
 from .. import syscalls
 from ..protocol.ninep import Qid
 from . import fdops
-from .base import Backend, Credentials, DirEntry, SetAttr, Stat, StatFs
+from .base import Backend, Credentials, DirEntry, RequestLoad, SetAttr, Stat, StatFs
 from .local.secmodel import PassthroughModel
 from .qid import QidMapper
 
@@ -83,7 +83,7 @@ class HandleBackend(fdops.OpenFdOps, Backend):
     """Serves *export* through file handles; blocking calls go to a thread pool."""
 
     def __init__(self, export: str, *, multidevs: str = "warn", threads: int = 8,
-                 inline: bool | None = None) -> None:
+                 inline: bool | None = None, load: RequestLoad | None = None) -> None:
         self.export = export
         self.model = PassthroughModel()
         # open_by_handle_at refuses O_PATH mount fds, so the root is opened for reading.
@@ -99,7 +99,7 @@ class HandleBackend(fdops.OpenFdOps, Backend):
             self._close_mounts()
             raise
         self.handle_size = len(self.root_fh.data)
-        self._pool = fdops.WorkerPool(threads, "ninep-handle", inline_when_alone=(
+        self._pool = fdops.WorkerPool(threads, "ninep-handle", load=load, inline_when_alone=(
             fdops.export_is_local(export) if inline is None else inline))
         self._nodes: weakref.WeakSet[HandleNode] = weakref.WeakSet()
 

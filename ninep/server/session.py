@@ -15,10 +15,10 @@ import errno
 import logging
 import os
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..backends.base import REQUEST_LOAD, UTIME_NOW, Backend, Credentials, SetAttr, Stat, qid_type
+from ..backends.base import UTIME_NOW, Backend, Credentials, RequestLoad, SetAttr, Stat, qid_type
 from ..protocol import dotu as u
 from ..protocol import ninep as p
 from ..transport.base import ReplySink, Segments, gather, scatter, slice_segments, total_length
@@ -95,6 +95,8 @@ class SessionConfig:
     stats: Stats | None = None
     #: Guest <-> host id translation (--translate-uid/gid, --all-squash); None: ids pass as is.
     ids: IdTranslation | None = None
+    #: Where requests in flight are counted for the back end's worker pool (one per server).
+    load: RequestLoad = field(default_factory=RequestLoad)
 
 
 @dataclass(slots=True)
@@ -182,7 +184,7 @@ class Session:
             loop = self._loop = asyncio.get_running_loop()
         task = loop.create_task(request)
         self._outstanding += 1
-        REQUEST_LOAD.in_flight += 1
+        self.config.load.in_flight += 1
         if self._outstanding >= self.config.max_inflight:
             self._room.clear()
         task.add_done_callback(self._untrack)
@@ -190,7 +192,7 @@ class Session:
 
     def _untrack(self, _task: asyncio.Task) -> None:
         self._outstanding -= 1
-        REQUEST_LOAD.in_flight -= 1
+        self.config.load.in_flight -= 1
         if self._outstanding < self.config.max_inflight:
             self._room.set()
 

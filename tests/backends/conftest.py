@@ -8,8 +8,9 @@ Adding one is a single entry in :data:`BACKENDS`, for example::
     "proxy": BackendSpec(start_proxy_backend, PASSTHROUGH),  # may be async
 
 A spec's factory is called as ``factory(export_dir, multidevs="warn")`` and
-returns the back end (or an awaitable of it, for back ends that start a helper
-process); ``Backend.close()`` must release everything it started.  Its
+returns the back end (or an awaitable of it); :func:`build_backend` then awaits
+its ``start()`` (where the proxy back end starts its helper process), and
+``Backend.close()`` must release everything it started.  Its
 :class:`Caps` say which model-specific expectations apply, so tests read them
 as data instead of branching on the back end's name.
 
@@ -83,7 +84,8 @@ PROXY = replace(PASSTHROUGH, mknod_devices=False)
 
 
 class BackendFactory(Protocol):
-    def __call__(self, export: Path, *, multidevs: str = "warn") -> Backend | Awaitable[Backend]: ...
+    def __call__(self, export: Path, *,
+                 multidevs: str = "warn") -> Backend | Awaitable[Backend]: ...
 
 
 @dataclass(frozen=True)
@@ -116,9 +118,15 @@ CRED = Credentials(4321, 5432)
 
 
 async def build_backend(spec: BackendSpec, export: Path, **options: Any) -> Backend:
-    """A back end of *spec* serving *export*; the caller must close it."""
-    backend = spec.factory(export, **options)
-    return await backend if inspect.isawaitable(backend) else backend
+    """A back end of *spec* serving *export*, started; the caller must close it."""
+    built = spec.factory(export, **options)
+    backend = await built if inspect.isawaitable(built) else built
+    try:
+        await backend.start()
+    except BaseException:
+        await backend.close()
+        raise
+    return backend
 
 
 # --- fixtures ------------------------------------------------------------------------------
@@ -179,7 +187,8 @@ def open_fd_count() -> int:
 
 
 @pytest.fixture
-async def make_backend(backend_spec: BackendSpec) -> AsyncIterator[Callable[..., Awaitable[Backend]]]:
+async def make_backend(
+        backend_spec: BackendSpec) -> AsyncIterator[Callable[..., Awaitable[Backend]]]:
     """Build back ends of the current kind (``await make_backend(dir, multidevs=…)``).
 
     All are closed at teardown, which then checks that no file descriptor

@@ -1,8 +1,8 @@
 """Back-end factories for the proxy back end in the shared suite (see conftest.py).
 
-Each factory starts a helper on the test's export and returns a
-:class:`~ninep.backends.proxy.ProxyBackend` talking to it; ``close()`` stops
-the helper again.  Their Caps (``PROXY`` in conftest.py) are passthrough's
+Each factory returns a :class:`~ninep.backends.proxy.ProxyBackend` whose
+``start()`` starts a helper on the test's export; ``close()`` stops the
+helper again.  Their Caps (``PROXY`` in conftest.py) are passthrough's
 but for devices: see the comment there.
 """
 

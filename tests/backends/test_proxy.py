@@ -161,11 +161,12 @@ async def backends(fakes: list[FakeHelper]) -> AsyncIterator[list[ProxyBackend]]
     assert open_fd_count() == fds, "the proxy back end leaked file descriptors"
 
 
-def fake_backend(fakes: list[FakeHelper], backends: list[ProxyBackend], path: Path,
-                 pool_size: int = 4, **fake_options: Any) -> ProxyBackend:
+async def fake_backend(fakes: list[FakeHelper], backends: list[ProxyBackend], path: Path,
+                       pool_size: int = 4, **fake_options: Any) -> ProxyBackend:
     fakes.append(FakeHelper(path, **fake_options))
     backend = ProxyBackend(SocketConnector(str(path)), pool_size=pool_size, threads=2)
     backends.append(backend)
+    await backend.start()
     return backend
 
 
@@ -173,7 +174,7 @@ def fake_backend(fakes: list[FakeHelper], backends: list[ProxyBackend], path: Pa
 
 async def test_pending_requests_get_eio_and_a_restarted_helper_is_used(
         fakes: list[FakeHelper], backends: list[ProxyBackend], sock_path: Path) -> None:
-    backend = fake_backend(fakes, backends, sock_path)
+    backend = await fake_backend(fakes, backends, sock_path)
     root, _ = await backend.attach("root", 0, "")
     slow = [asyncio.ensure_future(backend.walk(root, ["slow"])) for _ in range(3)]
     while len([r for r in fakes[0].requests if r.path == b"/slow"]) < 3:
@@ -198,6 +199,7 @@ async def test_spawned_helper_is_started_again(tmp_path: Path,
     (tmp_path / "f").write_bytes(b"data")
     backend = ProxyBackend.spawn(str(tmp_path), threads=2)
     backends.append(backend)
+    await backend.start()
     connector = backend.pool.connector
     assert isinstance(connector, SpawnedHelper)
     root, _ = await backend.attach("root", 0, "")
@@ -217,7 +219,7 @@ async def test_server_stays_up_while_the_helper_is_down(
         fakes: list[FakeHelper], backends: list[ProxyBackend], sock_path: Path,
         serve: Any) -> None:
     """Through the 9P session: Rlerror EIO while the helper is gone, then service again."""
-    backend = fake_backend(fakes, backends, sock_path)
+    backend = await fake_backend(fakes, backends, sock_path)
     served = await serve(backend=backend)
     backends.remove(backend)  # serve closes it
     client = await served.connect()
@@ -234,7 +236,7 @@ async def test_server_stays_up_while_the_helper_is_down(
 
 async def test_a_slow_request_does_not_stall_the_others(
         fakes: list[FakeHelper], backends: list[ProxyBackend], sock_path: Path) -> None:
-    backend = fake_backend(fakes, backends, sock_path, pool_size=2)
+    backend = await fake_backend(fakes, backends, sock_path, pool_size=2)
     root, _ = await backend.attach("root", 0, "")
     slow = asyncio.ensure_future(backend.walk(root, ["slow"]))
     for _ in range(20):  # all on the other connection, while the slow one waits
@@ -250,7 +252,7 @@ async def test_a_slow_request_does_not_stall_the_others(
 async def test_cancelled_request_drops_its_connection(
         fakes: list[FakeHelper], backends: list[ProxyBackend], sock_path: Path) -> None:
     """Tflush of a request in flight: its late reply must never answer anyone else."""
-    backend = fake_backend(fakes, backends, sock_path, pool_size=1)
+    backend = await fake_backend(fakes, backends, sock_path, pool_size=1)
     root, _ = await backend.attach("root", 0, "")
     slow = asyncio.ensure_future(backend.walk(root, ["slow"]))
     while not any(r.path == b"/slow" for r in fakes[0].requests):
@@ -267,7 +269,7 @@ async def test_cancelled_request_drops_its_connection(
 
 async def test_garbage_from_the_helper_is_eio(
         fakes: list[FakeHelper], backends: list[ProxyBackend], sock_path: Path) -> None:
-    backend = fake_backend(fakes, backends, sock_path, pool_size=1)
+    backend = await fake_backend(fakes, backends, sock_path, pool_size=1)
     root, _ = await backend.attach("root", 0, "")
     with pytest.raises(OSError) as exc:
         await backend.walk(root, ["garbage"])
@@ -281,7 +283,7 @@ async def test_a_helper_serving_one_connection_keeps_the_pool_at_one(
         fakes: list[FakeHelper], backends: list[ProxyBackend], sock_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(HelperPool, "probe_timeout", 0.5)
-    backend = fake_backend(fakes, backends, sock_path, pool_size=4, answered_connections=1)
+    backend = await fake_backend(fakes, backends, sock_path, pool_size=4, answered_connections=1)
     root, _ = await backend.attach("root", 0, "")
     walks = await asyncio.wait_for(
         asyncio.gather(*(backend.walk(root, [f"n{i}"]) for i in range(8))), 20)
@@ -303,6 +305,7 @@ async def test_qemu_helper_on_a_socket(tmp_path: Path, sock_path: Path,
     helper = start_listening_helper([QEMU_HELPER], tmp_path, sock_path)
     try:
         backend = ProxyBackend(SocketConnector(str(sock_path)), threads=4)
+        await backend.start()
         root, _ = await backend.attach("root", 0, "")
         qids = await asyncio.wait_for(asyncio.gather(
             *(backend.mkdir(root, f"m{i}", 0o755, Credentials(0, 0)) for i in range(6))), 30)
@@ -324,6 +327,7 @@ async def test_our_helper_restarted_on_the_same_socket(tmp_path: Path, sock_path
     try:
         backend = ProxyBackend(SocketConnector(str(sock_path)), threads=2)
         backends.append(backend)
+        await backend.start()
         root, _ = await backend.attach("root", 0, "")
         stop(helper)
         sock_path.unlink()
@@ -351,6 +355,7 @@ async def test_proxy_fd(tmp_path: Path, backends: list[ProxyBackend], as_root: N
         backend = ProxyBackend(FdConnector(os.dup(ours.fileno())), threads=2)
         ours.close()
         backends.append(backend)
+        await backend.start()
         assert backend.pool.size == 1
         root, _ = await backend.attach("root", 0, "")
         _, node = await backend.walk(root, ["f"])
@@ -385,11 +390,12 @@ def args(export: Path, **overrides: Any) -> argparse.Namespace:
     ({"security_model": "mapped-xattr"}, "security_model"),
     ({"multidevs": "sometimes"}, "--multidevs"),
 ])
-def test_bad_options_are_one_clear_error(tmp_path: Path, overrides: dict[str, Any],
-                                         message: str) -> None:
+async def test_bad_options_are_one_clear_error(tmp_path: Path, overrides: dict[str, Any],
+                                               message: str) -> None:
+    """Refused when built (option errors) or when started (an unreachable helper)."""
     fds, rundirs = open_fd_count(), helper_rundirs()
     with pytest.raises((OSError, ValueError)) as exc:
-        ProxyBackend.from_args(args(tmp_path, **overrides))
+        await ProxyBackend.from_args(args(tmp_path, **overrides)).start()
     assert message in str(exc.value)
     assert open_fd_count() == fds and helper_rundirs() == rundirs
 
@@ -399,12 +405,64 @@ def helper_rundirs() -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "ninep-proxy-*")))
 
 
-def test_a_helper_that_cannot_start_is_one_clear_error(tmp_path: Path) -> None:
+async def test_a_helper_that_cannot_start_is_one_clear_error(tmp_path: Path) -> None:
     fds, rundirs = open_fd_count(), helper_rundirs()
+    backend = ProxyBackend.spawn(str(tmp_path), [sys.executable, "-c", "import sys; sys.exit(3)"])
     with pytest.raises(OSError) as exc:
-        ProxyBackend.spawn(str(tmp_path), [sys.executable, "-c", "import sys; sys.exit(3)"])
+        await backend.start()
     assert "exited with status 3" in str(exc.value)
     assert open_fd_count() == fds and helper_rundirs() == rundirs
+
+
+# --- lifecycle: built, started, closed ---------------------------------------------------------
+
+async def test_building_starts_nothing_and_start_starts_once(
+        tmp_path: Path, as_root: None) -> None:
+    """The constructor runs no helper and opens nothing (no private event loop):
+    start() does, on the caller's loop; a second start(), even a concurrent
+    one, adds nothing; close() stops the helper again."""
+    fds, rundirs = open_fd_count(), helper_rundirs()
+    backend = ProxyBackend.spawn(str(tmp_path), threads=2, pool_size=3)
+    connector = backend.pool.connector
+    assert isinstance(connector, SpawnedHelper)
+    assert connector._procs == [] and helper_rundirs() == rundirs
+    assert open_fd_count() == fds
+    try:
+        await asyncio.gather(backend.start(), backend.start())
+        await backend.start()
+        assert len(connector._procs) == 1 and len(backend.pool._live) == 3
+        root, _ = await backend.attach("root", 0, "")
+        await backend.clunk(root)
+    finally:
+        await backend.close()
+    assert connector._procs == [] and helper_rundirs() == rundirs
+    assert open_fd_count() == fds
+
+
+async def test_attach_before_start_is_refused(tmp_path: Path) -> None:
+    backend = ProxyBackend(SocketConnector(str(tmp_path / "nobody.sock")))
+    try:
+        with pytest.raises(RuntimeError, match="start"):
+            await backend.attach("root", 0, "")
+    finally:
+        await backend.close()
+
+
+async def test_a_failed_start_leaves_the_back_end_closed(
+        fakes: list[FakeHelper], sock_path: Path) -> None:
+    """A helper that was not there yet: start() fails once and for all, and the
+    fds it opened are closed (the server exits with the one-line error)."""
+    fds = open_fd_count()
+    backend = ProxyBackend(SocketConnector(str(sock_path)), threads=2)
+    with pytest.raises(OSError, match="cannot reach"):
+        await backend.start()
+    fakes.append(FakeHelper(sock_path))
+    with pytest.raises(RuntimeError, match="closed"):
+        await backend.start()
+    await backend.close()
+    assert fakes[0].connections == []
+    fakes[0].kill()
+    assert open_fd_count() == fds
 
 
 def test_cli_serves_through_its_own_helper(tmp_path: Path, sockdir: Path, as_root: None) -> None:

@@ -6,29 +6,25 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ninep.backends import fdops
-from ninep.backends.base import REQUEST_LOAD
+from ninep.backends.base import RequestLoad
 from ninep.backends.local import LocalBackend
 from ninep.client import Client
 
 
-@pytest.fixture
-def load() -> Iterator[None]:
-    saved = REQUEST_LOAD.in_flight
-    yield
-    REQUEST_LOAD.in_flight = saved
-
-
 @pytest.mark.parametrize("inline,in_flight,on_loop", [
-    (True, 0, True), (True, 1, True), (True, 2, False), (False, 1, False), (False, 0, False)])
-async def test_where_a_call_runs(load: None, inline: bool, in_flight: int, on_loop: bool) -> None:
-    pool = fdops.WorkerPool(2, "test", inline_when_alone=inline)
-    REQUEST_LOAD.in_flight = in_flight
+    (True, 0, True), (True, 1, True), (True, 2, False), (False, 1, False), (False, 0, False),
+    (True, None, False)])  # no load: nothing says the call is alone
+async def test_where_a_call_runs(inline: bool, in_flight: int | None, on_loop: bool) -> None:
+    load = None
+    if in_flight is not None:
+        load = RequestLoad()
+        load.in_flight = in_flight
+    pool = fdops.WorkerPool(2, "test", load=load, inline_when_alone=inline)
     try:
         ran_on = await pool.run(threading.get_ident)
         with pytest.raises(FileNotFoundError):  # errors come back the same either way
@@ -66,13 +62,14 @@ async def test_sessions_count_requests_in_flight(serve, export: Path) -> None:
     """QD1 runs on the loop; a burst goes to the workers; the count returns to
     where it was, cancelled and failed requests included."""
     (export / "f").write_bytes(b"x" * 65536)
-    before = REQUEST_LOAD.in_flight
     threads: list[int] = []
     served = await serve()
     client: Client = await served.connect()
     root = await client.attach()
     fid = await client.walk_open(root, ["f"])
     pool = _pool_of(served)
+    load = served.server.config.load
+    assert pool.load is load  # the harness hands its sessions' count to the back end
     real = os.preadv
 
     def spy(fd: int, views: list, offset: int) -> int:
@@ -95,10 +92,10 @@ async def test_sessions_count_requests_in_flight(serve, export: Path) -> None:
         await client.read(root, 0, 10)  # not open: EBADF
     await client.close()
     for _ in range(200):
-        if REQUEST_LOAD.in_flight == before:
+        if load.in_flight == 0:
             break
         await asyncio.sleep(0.01)
-    assert REQUEST_LOAD.in_flight == before
+    assert load.in_flight == 0
 
 
 def _pool_of(served) -> fdops.WorkerPool:

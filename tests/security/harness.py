@@ -338,8 +338,11 @@ async def serve_inprocess(export: Path | str, *, config: SessionConfig | None = 
                           use_openat2: bool | None = None, backend: LocalBackend | None = None,
                           threads: int = 4) -> AsyncIterator[InProcessServer]:
     """A StreamServer on a fresh Unix socket, serving *export*, in this event loop."""
-    backend = backend or LocalBackend(str(export), use_openat2=use_openat2, threads=threads)
-    server = StreamServer(lambda: backend, config or SessionConfig())
+    config = config or SessionConfig()
+    backend = backend or LocalBackend(str(export), use_openat2=use_openat2, threads=threads,
+                                      load=config.load)
+    await backend.start()
+    server = StreamServer(lambda: backend, config)
     sockdir = tempfile.mkdtemp(prefix="ninep-sock-")
     path = os.path.join(sockdir, "9p.sock")
     await server.start(ListenAddress("unix", path=path))

@@ -87,11 +87,12 @@ class Server:
 
 async def start_server(tmp_path, export, tag="vu9p", backend=None, msize=1 << 20,
                        name="vu.sock") -> Server:
-    backend = backend or LocalBackend(str(export))
+    config = SessionConfig(msize=msize)
+    backend = backend or LocalBackend(str(export), load=config.load)
+    await backend.start()
     path = str(tmp_path / name)
     task = asyncio.ensure_future(serve_vhost_user(
-        lambda: backend, socket_path=path, listen_fd=None, tag=tag,
-        session_config=SessionConfig(msize=msize)))
+        lambda: backend, socket_path=path, listen_fd=None, tag=tag, session_config=config))
     return Server(path, backend, task)
 
 

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from ... import syscalls
 from ...protocol.ninep import Qid
-from ..base import Backend, Credentials, DirEntry, SetAttr, Stat, StatFs
+from ..base import Backend, Credentials, DirEntry, RequestLoad, SetAttr, Stat, StatFs
 from .. import fdops
 from ..qid import QidMapper
 from .secmodel import PassthroughModel, SecurityModel
@@ -59,14 +59,14 @@ class LocalBackend(fdops.OpenFdOps, Backend):
 
     def __init__(self, export: str, *, model: SecurityModel | None = None, multidevs: str = "warn",
                  threads: int = 8, use_openat2: bool | None = None,
-                 inline: bool | None = None) -> None:
+                 inline: bool | None = None, load: RequestLoad | None = None) -> None:
         self.export = export
         self.model = model or PassthroughModel()
         self.root_fd = os.open(export, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         root_st = os.fstat(self.root_fd)
         self.qids = QidMapper(root_st.st_dev, multidevs)
-        # inline: see WorkerPool; None decides by the export's file system.
-        self._pool = fdops.WorkerPool(threads, "ninep-local", inline_when_alone=(
+        # inline and load: see WorkerPool; inline None decides by the export's file system.
+        self._pool = fdops.WorkerPool(threads, "ninep-local", load=load, inline_when_alone=(
             fdops.export_is_local(export) if inline is None else inline))
         self._nodes: weakref.WeakSet[LocalNode] = weakref.WeakSet()
         self._openat2 = _HAVE_OPENAT2 if use_openat2 is None else use_openat2
