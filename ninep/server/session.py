@@ -1,7 +1,7 @@
 """One 9P session: msize, fids, in-flight tags, flush; calls the back end.
 
 A transport calls :meth:`Session.submit` with each complete request and a
-:class:`~ninep.transport.base.ReplySink`; replies go out in completion order.
+:class:`~ninep.server.sink.ReplySink`; replies go out in completion order.
 Back-end ``OSError``s become Rlerror (Rerror in 9P2000/9P2000.u); nothing
 else escapes.  The dialect is chosen at Tversion: 9P2000.L's handlers are
 this class's methods, 9P2000.u's and 9P2000's live in :mod:`.dialect_u` and
@@ -21,10 +21,12 @@ from typing import Any, TypeVar
 from ..backends.base import (ACCESS, REQUEST_LOAD, UTIME_NOW, Access, Backend, Credentials,
                              SetAttr, Stat, qid_type)
 from ..protocol import dotu as u
+from ..protocol import framing
 from ..protocol import ninep as p
-from ..transport.base import ReplySink, Segments, gather, scatter, slice_segments, total_length
+from ..segments import Segments, scatter, total_length
 from .fids import Fid, FidKind, FidTable
 from .idmap import IdTranslation
+from .sink import ReplySink
 from .stats import Stats
 
 log = logging.getLogger("ninep.session")
@@ -143,12 +145,8 @@ class Session:
         Every request gets exactly one reply, even on a closed session, so a
         virtqueue can always return its descriptor chain.
         """
-        if len(request) == 1:
-            head = request[0][:p.HEADER_SIZE]
-        else:
-            head = gather(request, 0, min(p.HEADER_SIZE, total_length(request)))
         try:
-            size, msgtype, tag = p.decode_header(head)
+            size, msgtype, tag = framing.peek_header(request)
         except p.ProtocolError:
             log.warning("dropping a request shorter than a 9P header")
             self._reply_error(sink, p.NOTAG, errno.EINVAL)
@@ -252,9 +250,7 @@ class Session:
                 reply = await self._twrite(request)
             else:
                 assert handler is not None or msgtype == p.Treaddir.TYPE
-                body = (request[0][p.HEADER_SIZE:] if len(request) == 1
-                        else gather(request, p.HEADER_SIZE, total_length(request) - p.HEADER_SIZE))
-                msg = self.messages.decode_body(msgtype, body, tag)
+                msg = self.messages.decode_body(msgtype, framing.body_of(request), tag)
                 if msgtype == p.Treaddir.TYPE:
                     await self._treaddir(msg, tag, sink)
                     return
@@ -283,7 +279,7 @@ class Session:
     def _send(self, sink: ReplySink, frame: bytes) -> None:
         if len(frame) > sink.capacity:
             # Only a reply that outgrew the client's buffers: say so instead.
-            frame = self.messages.encode_error(p.HEADER.unpack_from(frame)[2], errno.ERANGE)
+            frame = self.messages.encode_error(framing.tag_of(frame), errno.ERANGE)
         sink.send(frame)
 
     def _reply_error(self, sink: ReplySink, tag: int, err: int, flushed: bool = False) -> None:
@@ -296,8 +292,7 @@ class Session:
 
     async def _flush(self, request: Segments, tag: int, sink: ReplySink) -> None:
         try:
-            msg = p.decode_body(p.Tflush.TYPE, gather(request, p.HEADER_SIZE,
-                                                      total_length(request) - p.HEADER_SIZE), tag)
+            msg = p.decode_body(p.Tflush.TYPE, framing.body_of(request), tag)
         except p.ProtocolError:
             self._reply_error(sink, tag, errno.EINVAL)
             return
@@ -663,10 +658,7 @@ class Session:
         return max(0, min(count, self.msize - p.IOHDRSZ, sink.capacity - p.IOHDRSZ_REPLY))
 
     async def _tread(self, request: Segments, tag: int, sink: ReplySink) -> None:
-        body = gather(request, p.HEADER_SIZE, total_length(request) - p.HEADER_SIZE)
-        if len(body) != p.FAST_FID_OFFSET_COUNT.size:
-            raise p.ProtocolError("malformed Tread", tag, p.Tread.TYPE)
-        fid_no, offset, count = p.FAST_FID_OFFSET_COUNT.unpack(body)
+        fid_no, offset, count = framing.tread_args(request)
         fid = self.fids.get(fid_no)
         count = self._clamp(count, sink)
         if fid.kind is FidKind.XATTR_READ:
@@ -683,31 +675,23 @@ class Session:
                 data = await self._read_dir(fid, offset, count)
             self._send(sink, p.encode_rread_header(tag, len(data)) + data)
             return
-        views = sink.reserve(p.IOHDRSZ_REPLY + count)
-        n = await self._call(self.backend.read_into, fid, offset,
-                             slice_segments(views, p.IOHDRSZ_REPLY, count))
-        scatter(views, p.encode_rread_header(tag, n))
-        sink.commit(p.IOHDRSZ_REPLY + n)
+        views = sink.reserve(framing.rread_size(count))
+        n = await self._call(self.backend.read_into, fid, offset, framing.rread_data(views, count))
+        sink.commit(framing.finish_rread(views, tag, n))
 
     async def _twrite(self, request: Segments) -> p.Rwrite:
-        length = total_length(request)
-        head = gather(request, p.HEADER_SIZE, min(length - p.HEADER_SIZE, p.FAST_TWRITE_HEAD.size))
-        if len(head) != p.FAST_TWRITE_HEAD.size:
-            raise p.ProtocolError("truncated Twrite")
-        fid_no, offset, count = p.FAST_TWRITE_HEAD.unpack(head)
-        start = p.HEADER_SIZE + p.FAST_TWRITE_HEAD.size
-        if start + count != length:
-            raise p.ProtocolError("Twrite count does not match its frame")
+        fid_no, offset, count = framing.twrite_args(request)
         fid = self.fids.get(fid_no)
         count = min(count, self.msize - p.IOHDRSZ)  # Rwrite tells the client how much
         if fid.kind is FidKind.XATTR_WRITE:
-            return p.Rwrite(self._xattr_write(fid, offset, gather(request, start, count)))
+            data = b"".join(framing.twrite_data(request, count))
+            return p.Rwrite(self._xattr_write(fid, offset, data))
         if fid.kind is not FidKind.OPEN:
             raise OSError(errno.EBADF, "fid is not open for writing")
         if fid.open_flags & 3 == os.O_RDONLY:
             raise OSError(errno.EBADF, "fid is open read-only")
         n = await self._call(self.backend.write_from, fid, offset,
-                             slice_segments(request, start, count),
+                             framing.twrite_data(request, count),
                              drop_setid=count > 0 and fid.clears_setid)
         return p.Rwrite(n)
 
