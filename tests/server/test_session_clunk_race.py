@@ -249,3 +249,38 @@ async def test_clunk_racing_a_request_waits_for_its_back_end_call(
         await backend.close()
     assert backend.violations == []
     assert fd_count() == before
+
+
+# --- the table itself, and OPEN's one-at-a-time -------------------------------------------
+
+def test_every_backend_method_declares_its_concurrency_class() -> None:
+    from ninep.backends.base import ACCESS, Access
+    assert set(ACCESS) == set(METHODS)
+    assert ACCESS["clunk"] is Access.FINAL and ACCESS["attach"] is Access.NONE
+    assert {m for m, kind in ACCESS.items() if kind is Access.OPEN} == {"open", "create"}
+
+
+async def test_a_second_open_of_a_fid_being_opened_is_refused(export: Path, fd_count) -> None:
+    """The back end would leak the first open's fd: the second never reaches it."""
+    (export / "f").write_bytes(b"payload")
+    before = fd_count()
+    backend = RacingBackend(str(export))
+    session = Session(backend)
+    direct = Direct(session)
+    try:
+        await direct.ok(p.Tattach(ROOT, p.NOFID, "root", "", 0))
+        await direct.ok(p.Twalk(ROOT, F, ["f"]))
+        backend.watch = session.fids.get(F).node
+        first = direct.submit(p.encode(p.Tlopen(F, p.DOTL_RDONLY), 5))
+        await asyncio.wait_for(backend.entered.wait(), 10)
+        assert await direct.call(p.Tlopen(F, p.DOTL_RDWR), tag=6) == p.Rlerror(errno.EINVAL)
+        backend.gate.set()
+        assert isinstance(p.decode(await first.reply)[1], p.Rlopen)
+        assert await direct.call(p.Tread(F, 0, 100), tag=7) == p.Rread(b"payload")
+        await direct.ok(p.Tclunk(F))
+        assert backend.violations == []
+    finally:
+        backend.gate.set()
+        await session.close()
+        await backend.close()
+    assert fd_count() == before
