@@ -10,23 +10,54 @@ that into Rlerror and nothing else.  Names passed in are single components
 that the dispatcher has already checked (not empty, no ``/`` or NUL, not
 ``.``/``..`` except in :meth:`walk`).
 
-Concurrency: the dispatcher may call methods concurrently for *different*
-nodes, and for the *same* node only for reads, writes (with the set-id
-drop a write may ask for), getattr, readdir, fsync and locks (as a POSIX fd
-allows).  It never calls anything on a node after :meth:`clunk`.
+Errors: each method's docstring lists the errnos the dispatcher and the
+guest rely on (a host syscall's own errno passes through unchanged, so the
+list is what the back end must produce *itself*, not everything it may).
+Every method that changes the file system gets EROFS from the dispatcher
+on a ``--readonly`` export before it is called.
+
+Concurrency: each method has a class (:class:`Access`, after p9's
+None/Read/Write/Global), declared with :func:`access` beside it and
+collected in :data:`ACCESS`.  The dispatcher enforces them in one place
+(``Session._call``): a back end may rely on them and needs no lock of its
+own for a node's lifetime.  Calls on *different* nodes always run
+concurrently.  Requests that only touch other fids' paths (a rename of a
+directory above them) take no session-wide exclusion: the host's rename is
+atomic, and a back end that keeps paths in its nodes re-points them itself.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import stat as _stat
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from ..protocol.ninep import QTDIR, QTFILE, QTSYMLINK, Qid
 
-Node = Any
+
+class Node(Protocol):
+    """What a back end hands out per fid.  Opaque to the dispatcher, which only
+    passes it back; a back end declares its own type (``Backend[LocalNode]``)."""
+
+
+class FdNode(Node, Protocol):
+    """A node that keeps the guest's open file as an fd once Tlopen/Tlcreate
+    made it one (the local, handle and proxy back ends; what
+    :class:`~ninep.backends.fdops.OpenFdOps` works on)."""
+
+    #: The open file; None until opened, and again after clunk.
+    fd: int | None
+    is_dir: bool
+    #: Serialises seek+getdents of an open directory (its readdir offset is shared).
+    dir_lock: threading.Lock | None
+
+
+NodeT = TypeVar("NodeT", bound=Node)
 Views = list[memoryview]
 
 class RequestLoad:
@@ -45,6 +76,37 @@ class RequestLoad:
     def __init__(self) -> None:
         self.in_flight = 0
 
+
+class Access(enum.Enum):
+    """How a back-end call may overlap with other calls on the *same* node
+    (one fid's node).  The dispatcher guarantees these; nothing stricter."""
+
+    #: Takes no fid's node (attach makes the first one).
+    NONE = "none"
+    #: Uses the node and leaves the fid bound to it: any number run at once,
+    #: beside an OPEN; the node's clunk waits for them all.
+    READ = "read"
+    #: Makes the node an open file (open, create): one at a time per node
+    #: (a second is refused with EINVAL before reaching the back end), beside
+    #: READs; the node's clunk waits for it, or the fd it makes would leak.
+    OPEN = "open"
+    #: Ends the node (clunk): runs once, after every other call on it has
+    #: returned, and nothing is called on the node after it.
+    FINAL = "final"
+
+
+#: Back-end method name -> its :class:`Access`, filled by :func:`access`.
+ACCESS: dict[str, Access] = {}
+
+_F = TypeVar("_F", bound=Callable[..., object])
+
+
+def access(kind: Access) -> Callable[[_F], _F]:
+    """Declare a :class:`Backend` method's concurrency class (into :data:`ACCESS`)."""
+    def declare(method: _F) -> _F:
+        ACCESS[method.__name__] = kind
+        return method
+    return declare
 
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
@@ -163,115 +225,215 @@ class Credentials(NamedTuple):
     gid: int
 
 
-class Backend(ABC):
-    """A file system that a 9P session serves."""
+class Backend(ABC, Generic[NodeT]):
+    """A file system that a 9P session serves, on nodes of type *NodeT*.
+
+    Every name is one component the dispatcher checked (not empty, no ``/``
+    or NUL, not ``.``/``..`` outside :meth:`walk`).  Each method raises
+    ``OSError`` with the errno its docstring gives for the cases it names.
+    """
 
     #: Largest single read/write the back end handles at once (0 = no limit).
     iounit: int = 0
 
     @abstractmethod
-    async def attach(self, uname: str, uid: int, aname: str) -> tuple[Node, Qid]:
-        """A node for the export root."""
+    @access(Access.NONE)
+    async def attach(self, uname: str, uid: int, aname: str) -> tuple[NodeT, Qid]:
+        """A new node for the export root, for the host user *uid*.
 
-    @abstractmethod
-    async def walk(self, node: Node, names: list[str]) -> tuple[list[Qid], Node | None]:
-        """Walk *names* from *node* (``..`` at the root stays there).
-
-        Returns the qids of the names that could be walked, and a new node when
-        all of them were (for an empty *names*, a clone).  Raises when the first
-        name fails.
+        The export unreachable: the host's errno (ENOENT, EACCES, ESTALE);
+        the proxy's helper gone: EIO.
         """
 
     @abstractmethod
-    async def clunk(self, node: Node) -> None:
+    @access(Access.READ)
+    async def walk(self, node: NodeT, names: list[str]) -> tuple[list[Qid], NodeT | None]:
+        """Walk *names* from *node* (``..`` at the root stays there).
+
+        Returns the qids of the names that could be walked, and a new node when
+        all of them were (for an empty *names*, a clone).  Only a failure at the
+        first name raises: ENOENT (no such name, or one a security model
+        hides), ENOTDIR (walking on from a non-directory, symlinks included:
+        none is followed), EACCES (no search permission), ENODEV (a file on
+        another device under ``--multidevs forbid``).
+        """
+
+    @abstractmethod
+    @access(Access.FINAL)
+    async def clunk(self, node: NodeT) -> None:
         """Release the node: its fd, its locks.  Must not raise."""
 
     @abstractmethod
-    async def getattr(self, node: Node) -> tuple[Qid, Stat]: ...
+    @access(Access.READ)
+    async def getattr(self, node: NodeT) -> tuple[Qid, Stat]:
+        """The file's qid and guest-visible attributes (the security model's
+        owner and mode).  An unopened node whose file is gone: ENOENT (ESTALE
+        for a stale handle); an open one keeps answering from its fd."""
 
     @abstractmethod
-    async def setattr(self, node: Node, change: SetAttr) -> None: ...
+    @access(Access.READ)
+    async def setattr(self, node: NodeT, change: SetAttr) -> None:
+        """Apply *change* (owner, mode, size, times; ``drop_setid`` as
+        :class:`SetAttr` says).  EPERM (chown or chmod not permitted), EACCES,
+        EISDIR (a size for a directory), EINVAL (a size for another
+        non-regular file), EOPNOTSUPP (a mode for a symlink), ENOENT."""
 
     @abstractmethod
-    async def open(self, node: Node, flags: int) -> tuple[Qid, int]:
-        """Open the node with host ``os.O_*`` flags; returns (qid, iounit)."""
+    @access(Access.OPEN)
+    async def open(self, node: NodeT, flags: int) -> tuple[Qid, int]:
+        """Open the node with host ``os.O_*`` flags; returns (qid, iounit).
+
+        ELOOP (a symlink: never followed), ENXIO (a device, FIFO or socket:
+        a server must not block on one), EISDIR (a directory opened for
+        writing), ENOTDIR (``O_DIRECTORY`` on a non-directory), EACCES,
+        ENOENT (the file is gone).  The dispatcher never opens a node twice.
+        """
 
     @abstractmethod
-    async def create(self, node: Node, name: str, flags: int, mode: int,
+    @access(Access.OPEN)
+    async def create(self, node: NodeT, name: str, flags: int, mode: int,
                      cred: Credentials) -> tuple[Qid, int]:
-        """Create and open *name* in directory *node*; the node becomes the new file."""
+        """Create and open *name* in directory *node*; the node becomes the new
+        file (owned per *cred* and the security model).  EEXIST (*name*
+        exists: ``flags`` always has ``O_EXCL`` from Tcreate, and Tlcreate
+        passes the guest's), ENOTDIR, EACCES (no write permission, or a name
+        the security model reserves), ENOSPC, EDQUOT."""
 
     @abstractmethod
-    async def read_into(self, node: Node, offset: int, views: Views) -> int:
-        """Read into *views* (one preadv); returns the byte count."""
+    @access(Access.READ)
+    async def read_into(self, node: NodeT, offset: int, views: Views) -> int:
+        """Read into *views* (one preadv) at *offset*; returns the byte count
+        (0 at end of file).  EBADF (not open), EISDIR (a directory)."""
 
     @abstractmethod
-    async def write_from(self, node: Node, offset: int, views: Views, *,
+    @access(Access.READ)
+    async def write_from(self, node: NodeT, offset: int, views: Views, *,
                          drop_setid: bool = False) -> int:
-        """Write *views* (one pwritev); returns the byte count.  With
-        *drop_setid*, first clear set-id bits as ``SetAttr(drop_setid=True)``
-        does (the writer lacks CAP_FSETID), in the same worker call."""
+        """Write *views* (one pwritev) at *offset*; returns the byte count.
+        With *drop_setid*, first clear set-id bits as ``SetAttr(drop_setid=True)``
+        does (the writer lacks CAP_FSETID), in the same worker call.  EBADF
+        (not open), ENOSPC, EDQUOT, EFBIG."""
 
     @abstractmethod
-    async def readdir(self, node: Node, offset: int, max_entries: int) -> list[DirEntry]:
-        """Entries after cookie *offset* (0 = start), at most *max_entries*."""
+    @access(Access.READ)
+    async def readdir(self, node: NodeT, offset: int, max_entries: int) -> list[DirEntry]:
+        """Entries after cookie *offset* (0 = start), at most *max_entries*; an
+        empty list at the end.  Names a security model keeps to itself are left
+        out.  ENOTDIR or EBADF (not an open directory)."""
 
     @abstractmethod
-    async def statfs(self, node: Node) -> StatFs: ...
+    @access(Access.READ)
+    async def statfs(self, node: NodeT) -> StatFs:
+        """The file system holding the node (the export's, for the local back
+        end).  Only host errors."""
 
     @abstractmethod
-    async def mkdir(self, node: Node, name: str, mode: int, cred: Credentials) -> Qid: ...
+    @access(Access.READ)
+    async def mkdir(self, node: NodeT, name: str, mode: int, cred: Credentials) -> Qid:
+        """Make directory *name* in directory *node*.  EEXIST, ENOENT (the
+        directory is gone), ENOTDIR, EACCES (no permission, or a reserved
+        name), ENOSPC, EDQUOT."""
 
     @abstractmethod
-    async def symlink(self, node: Node, name: str, target: str, cred: Credentials) -> Qid: ...
+    @access(Access.READ)
+    async def symlink(self, node: NodeT, name: str, target: str, cred: Credentials) -> Qid:
+        """Make symlink *name* -> *target* in directory *node* (the target is
+        stored, never resolved).  As :meth:`mkdir`."""
 
     @abstractmethod
-    async def mknod(self, node: Node, name: str, mode: int, rdev: int, cred: Credentials) -> Qid: ...
+    @access(Access.READ)
+    async def mknod(self, node: NodeT, name: str, mode: int, rdev: int,
+                    cred: Credentials) -> Qid:
+        """Make the special or regular file *name* (type in *mode*'s S_IFMT) in
+        directory *node*.  As :meth:`mkdir`, and EPERM (a directory type, or a
+        device the host will not make), EINVAL (an unknown type)."""
 
     @abstractmethod
-    async def link(self, dnode: Node, node: Node, name: str) -> None: ...
+    @access(Access.READ)
+    async def link(self, dnode: NodeT, node: NodeT, name: str) -> None:
+        """Hard-link the file of *node* as *name* in directory *dnode*.  EEXIST,
+        EPERM (the export root; the dispatcher refuses directories), EXDEV
+        (across file systems), ENOENT (the file is gone), EMLINK."""
 
     @abstractmethod
-    async def rename(self, node: Node, dnode: Node, name: str) -> None:
-        """Trename: move the file of *node* to *name* in *dnode*."""
+    @access(Access.READ)
+    async def rename(self, node: NodeT, dnode: NodeT, name: str) -> None:
+        """Trename: move the file of *node* to *name* in *dnode*; nodes below
+        it keep working (a path-keeping back end re-points them).  EBUSY (the
+        export root), and as :meth:`renameat`."""
 
     @abstractmethod
-    async def renameat(self, olddir: Node, oldname: str, newdir: Node, newname: str) -> None: ...
+    @access(Access.READ)
+    async def renameat(self, olddir: NodeT, oldname: str, newdir: NodeT, newname: str) -> None:
+        """Move *oldname* in *olddir* to *newname* in *newdir*, replacing
+        what is there as rename(2) does.  ENOENT, EXDEV, ENOTEMPTY or EEXIST
+        (over a non-empty directory), EISDIR (a file over a directory),
+        ENOTDIR (a directory over a file), EINVAL (a directory into itself),
+        EACCES (a reserved name)."""
 
     @abstractmethod
-    async def unlinkat(self, dnode: Node, name: str, rmdir: bool) -> None: ...
+    @access(Access.READ)
+    async def unlinkat(self, dnode: NodeT, name: str, rmdir: bool) -> None:
+        """Remove *name* from directory *dnode*: a directory only with *rmdir*.
+        ENOENT, EISDIR (a directory without *rmdir*), ENOTDIR (*rmdir* on a
+        non-directory), ENOTEMPTY, EACCES (a reserved name)."""
 
     @abstractmethod
-    async def remove(self, node: Node) -> None:
-        """Tremove: unlink the node's file (the dispatcher clunks it after)."""
+    @access(Access.READ)
+    async def remove(self, node: NodeT) -> None:
+        """Tremove: unlink the node's file, or rmdir its directory (the
+        dispatcher clunks it after, whatever the outcome).  EBUSY (the export
+        root), ENOTEMPTY, ENOENT."""
 
     @abstractmethod
-    async def readlink(self, node: Node) -> str: ...
+    @access(Access.READ)
+    async def readlink(self, node: NodeT) -> str:
+        """The target of the node's symlink.  EINVAL (not a symlink)."""
 
     @abstractmethod
-    async def fsync(self, node: Node, datasync: bool) -> None: ...
+    @access(Access.READ)
+    async def fsync(self, node: NodeT, datasync: bool) -> None:
+        """fsync (or fdatasync) the open file.  EBADF (not open)."""
 
     @abstractmethod
-    async def xattr_get(self, node: Node, name: str) -> bytes: ...
+    @access(Access.READ)
+    async def xattr_get(self, node: NodeT, name: str) -> bytes:
+        """The value of extended attribute *name*.  ENODATA (none such),
+        EOPNOTSUPP (a namespace or file system without xattrs), EACCES (a
+        name the security model keeps for itself), E2BIG."""
 
     @abstractmethod
-    async def xattr_list(self, node: Node) -> bytes:
-        """NUL-separated names, as listxattr(2) returns them."""
+    @access(Access.READ)
+    async def xattr_list(self, node: NodeT) -> bytes:
+        """NUL-separated names, as listxattr(2) returns them, without those a
+        security model keeps for itself.  EOPNOTSUPP."""
 
     @abstractmethod
-    async def xattr_set(self, node: Node, name: str, value: bytes, flags: int) -> None: ...
+    @access(Access.READ)
+    async def xattr_set(self, node: NodeT, name: str, value: bytes, flags: int) -> None:
+        """Set *name* to *value* (``XATTR_CREATE``/``XATTR_REPLACE`` in *flags*).
+        EEXIST, ENODATA (as *flags* ask), EOPNOTSUPP, EACCES or EPERM (a
+        reserved name or namespace), ENOSPC, E2BIG."""
 
     @abstractmethod
-    async def xattr_remove(self, node: Node, name: str) -> None: ...
+    @access(Access.READ)
+    async def xattr_remove(self, node: NodeT, name: str) -> None:
+        """Remove extended attribute *name*.  ENODATA, EOPNOTSUPP, EACCES."""
 
     @abstractmethod
-    async def lock(self, node: Node, ltype: int, start: int, length: int, proc_id: int,
+    @access(Access.READ)
+    async def lock(self, node: NodeT, ltype: int, start: int, length: int, proc_id: int,
                    client_id: str) -> int:
-        """Take or release a byte-range lock without blocking; returns a LOCK_* status."""
+        """Take or release a byte-range lock of the open file without blocking;
+        returns a LOCK_* status (a conflict is LOCK_BLOCKED, not an error).
+        EBADF (not open), EINVAL (a range the host cannot express)."""
 
     @abstractmethod
-    async def getlock(self, node: Node, ltype: int, start: int, length: int, proc_id: int,
-                      client_id: str) -> LockResult: ...
+    @access(Access.READ)
+    async def getlock(self, node: NodeT, ltype: int, start: int, length: int, proc_id: int,
+                      client_id: str) -> LockResult:
+        """The first lock that would conflict with this one, or the request
+        back with type F_UNLCK.  EBADF (not open), EINVAL."""
 
     def capabilities(self) -> frozenset[int]:
         """The capabilities (syscalls.CAP_*) serving needs once started; the rest are dropped."""

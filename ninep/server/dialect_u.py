@@ -23,7 +23,7 @@ import os
 import stat as _stat
 from typing import TYPE_CHECKING, Any
 
-from ..backends.base import Credentials, SetAttr, Stat
+from ..backends.base import Credentials, Node, SetAttr, Stat
 from ..protocol import dotu as u
 from ..protocol import ninep as p
 from .fids import Fid, FidKind
@@ -185,9 +185,9 @@ class Dialect9P2000:
         path = fid.path + (msg.name,)
         # In use until the new node is ready: a clunk racing this waits, so
         # the back end never sees the directory's node after its clunk.
-        async with fid.in_use():
+        with fid.held():
             # The new file's group: the directory's (no gid on the wire in these dialects).
-            _, dir_stat = await self.backend.getattr(fid.node)
+            _, dir_stat = await s._call(self.backend.getattr, fid)
             cred = Credentials(fid.uid, dir_stat.gid)
             if not perm & (_TYPE_BITS | u.DMDIR):
                 flags = omode_to_host(msg.mode, self.dotu) | os.O_CREAT | os.O_EXCL
@@ -196,7 +196,7 @@ class Dialect9P2000:
                 fid.remove_on_clunk = bool(msg.mode & u.ORCLOSE)
                 return u.Rcreate(qid, iounit)
             await self._make(fid, msg.name, perm, mode, extension, cred)
-            qids, new = await self.backend.walk(fid.node, [msg.name])
+            qids, new = await s._call(self.backend.walk, fid, [msg.name])
             entry = Fid(new, fid.uid, is_dir=bool(perm & u.DMDIR), path=path)
             qid, iounit = qids[-1], s._iounit(0)
             if perm & u.DMDIR:  # opened before anyone can see it as the fid
@@ -213,13 +213,12 @@ class Dialect9P2000:
                     cred: Credentials) -> None:
         """Make the directory, symlink, hard link or special file a Tcreate asks for."""
         s = self.session
-        node = dfid.node
         if perm & u.DMDIR:
-            await self.backend.mkdir(node, name, mode, cred)
+            await s._call(self.backend.mkdir, dfid, name, mode, cred)
         elif perm & u.DMSYMLINK:
             if not extension or "\0" in extension:
                 raise OSError(errno.EINVAL, "bad symlink target")
-            await self.backend.symlink(node, name, extension, cred)
+            await s._call(self.backend.symlink, dfid, name, extension, cred)
         elif perm & u.DMLINK:
             number = extension.strip()  # Linux sends "%d\n"
             if not number.isdigit():
@@ -229,24 +228,25 @@ class Dialect9P2000:
                 raise OSError(errno.EPERM, "hard link to a directory")
             if target.kind in (FidKind.XATTR_READ, FidKind.XATTR_WRITE):
                 raise OSError(errno.EINVAL, "xattr fid")
-            async with target.in_use():
-                await self.backend.link(node, target.node, name)
+            await s._call(self.backend.link, dfid, target, name)
         else:
             kind, rdev = (_device(extension) if perm & u.DMDEVICE else
                           (_stat.S_IFIFO if perm & u.DMNAMEDPIPE else _stat.S_IFSOCK, 0))
-            await self.backend.mknod(node, name, kind | mode, rdev, cred)
+            await s._call(self.backend.mknod, dfid, name, kind | mode, rdev, cred)
 
     # --- stat / wstat -----------------------------------------------------------------------
 
-    async def stat_of(self, node: Any, name: str) -> u.Dir | u.DirU:
-        """The stat of *node*, called *name*.  In .u the extension says what
-        the mode cannot: a symlink's target, a device's numbers, and for files
-        and directories ``HARDLINKCOUNT n`` (the only link count Linux reads)."""
-        qid, st = await self.backend.getattr(node)
+    async def stat_of(self, file: Fid | Node, name: str) -> u.Dir | u.DirU:
+        """The stat of *file* (a fid, or a node of the handler's own), called
+        *name*.  In .u the extension says what the mode cannot: a symlink's
+        target, a device's numbers, and for files and directories
+        ``HARDLINKCOUNT n`` (the only link count Linux reads)."""
+        call = self.session._call
+        qid, st = await call(self.backend.getattr, file)
         extension = ""
         if self.dotu:
             if _stat.S_ISLNK(st.mode):
-                extension = await self.backend.readlink(node)
+                extension = await call(self.backend.readlink, file)
             elif _stat.S_ISCHR(st.mode) or _stat.S_ISBLK(st.mode):
                 extension = (f"{'c' if _stat.S_ISCHR(st.mode) else 'b'} "
                              f"{os.major(st.rdev)} {os.minor(st.rdev)}")
@@ -266,8 +266,8 @@ class Dialect9P2000:
         fid = self.session.fids.get(msg.fid)
         if fid.kind in (FidKind.XATTR_READ, FidKind.XATTR_WRITE):
             raise OSError(errno.EINVAL, "xattr fid")
-        async with fid.in_use():
-            d = await self.stat_of(fid.node, fid.path[-1] if fid.path else "/")
+        with fid.held():
+            d = await self.stat_of(fid, fid.path[-1] if fid.path else "/")
         return u.Rstat(d) if self.dotu else u.RstatPlain(d)
 
     async def _Twstat(self, msg: Any) -> u.Rwstat:
@@ -286,53 +286,55 @@ class Dialect9P2000:
             _check_new_name(d.name, errno.EISDIR)
             if not fid.path:
                 raise OSError(errno.EBUSY, "cannot rename the root")
-        async with fid.in_use():
+        with fid.held():
             change = await self._setattr_of(fid, d)
             if change is None and not rename:
                 if fid.kind is FidKind.OPEN:
-                    await self.backend.fsync(fid.node, False)
+                    await s._call(self.backend.fsync, fid, False)
                 return u.Rwstat()
             if change is not None:
-                await self.backend.setattr(fid.node, change)
+                await s._call(self.backend.setattr, fid, change)
             if rename:
                 await self._rename(fid, d.name)
         return u.Rwstat()
 
     async def _rename(self, fid: Fid, name: str) -> None:
         """Rename *fid*'s file to *name* in the same directory."""
-        root, _ = await self.backend.attach("", fid.uid, "")
+        call = self.session._call
+        root, _ = await call(self.backend.attach, "", fid.uid, "")
         try:
             parent = await self._parent_of(fid, root)
             try:
-                await self.backend.rename(fid.node, parent, name)
+                await call(self.backend.rename, fid, parent, name)
             finally:
-                await self.backend.clunk(parent)
+                await call(self.backend.clunk, parent)  # the handler's own nodes
         finally:
-            await self.backend.clunk(root)
+            await call(self.backend.clunk, root)
         fid.path = fid.path[:-1] + (name,)
 
-    async def _parent_of(self, fid: Fid, root: Any) -> Any:
+    async def _parent_of(self, fid: Fid, root: Node) -> Node:
         """A node for the directory that holds *fid*'s file, walked from *root*
         along the fid's path (a file has no ``..`` to walk); ESTALE if that path
         no longer leads to the fid's file (renamed by someone else)."""
+        call = self.session._call
         try:
-            qids, parent = await self.backend.walk(root, list(fid.path[:-1]))
+            qids, parent = await call(self.backend.walk, root, list(fid.path[:-1]))
         except FileNotFoundError:
             parent = None
         if parent is None:
             raise OSError(errno.ESTALE, "the fid's directory moved")
         try:
             try:
-                qids, check = await self.backend.walk(parent, [fid.path[-1]])
+                qids, check = await call(self.backend.walk, parent, [fid.path[-1]])
             except FileNotFoundError:
                 raise OSError(errno.ESTALE, "the fid's file moved") from None
             if check is not None:
-                await self.backend.clunk(check)
-            qid, _ = await self.backend.getattr(fid.node)
+                await call(self.backend.clunk, check)
+            qid, _ = await call(self.backend.getattr, fid)
             if check is None or qids[-1].path != qid.path:
                 raise OSError(errno.ESTALE, "the fid's file moved")
         except BaseException:
-            await self.backend.clunk(parent)
+            await call(self.backend.clunk, parent)
             raise
         return parent
 
@@ -340,7 +342,7 @@ class Dialect9P2000:
         """The setattr a wstat asks for (None: nothing)."""
         change = SetAttr()
         if d.mode != u.NO_U32:
-            _, st = await self.backend.getattr(fid.node)
+            _, st = await self.session._call(self.backend.getattr, fid)
             type_bits = _TYPE_BITS if self.dotu else u.DMDIR
             if (d.mode ^ dm_mode(st.mode, self.dotu)) & type_bits:
                 raise OSError(errno.EINVAL, "wstat cannot change the file type")
@@ -378,7 +380,7 @@ class Dialect9P2000:
         used = 0
         full = False
         while not full:
-            entries = await self.backend.readdir(fid.node, cookie, _READDIR_BATCH)
+            entries = await self.session._call(self.backend.readdir, fid, cookie, _READDIR_BATCH)
             if not entries:
                 break
             for entry in entries:
@@ -404,7 +406,8 @@ class Dialect9P2000:
         if name in (".", "..") and not self.dotu:
             return None
         try:
-            _, node = await self.backend.walk(fid.node, [] if name == "." else [name])
+            _, node = await self.session._call(self.backend.walk, fid,
+                                               [] if name == "." else [name])
         except OSError:
             return None
         try:
@@ -412,4 +415,4 @@ class Dialect9P2000:
         except OSError:
             return None
         finally:
-            await self.backend.clunk(node)
+            await self.session._call(self.backend.clunk, node)

@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import errno
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from collections.abc import AsyncIterator
-from typing import Any
+
+from ..backends.base import Node
 
 
 class FidKind(enum.Enum):
@@ -20,7 +21,7 @@ class FidKind(enum.Enum):
 
 @dataclass(slots=True)
 class Fid:
-    node: Any
+    node: Node
     uid: int
     kind: FidKind = FidKind.NODE
     is_dir: bool = False
@@ -36,9 +37,12 @@ class Fid:
     dir_pos: int = 0
     dir_cookie: int = 0
     remove_on_clunk: bool = False
-    #: Back-end calls using this fid's open file right now; a clunk waits for
-    #: them, or the fd could close (and its number be reused) under a read.
+    #: Back-end calls using this fid's node right now (see :meth:`hold`).
     users: int = 0
+    #: A back-end open/create of the node is running (Access.OPEN).
+    opening: bool = False
+    #: The clunk began: once no call uses the node, nothing may start on it.
+    released: bool = False
     idle: asyncio.Event | None = None
 
     @property
@@ -47,17 +51,34 @@ class Fid:
         It does for a user without CAP_FSETID: in the guest, anyone but root."""
         return self.uid != 0
 
-    @contextlib.asynccontextmanager
-    async def in_use(self) -> AsyncIterator[None]:
+    def hold(self) -> None:
+        """Count a use of the node (Access.READ); :meth:`let_go` ends it.  The
+        clunk waits for every use, so the node (its fd) cannot go while a
+        back-end call has it.  EBADF once the node is gone, or going with
+        nothing holding it."""
+        if self.released and not self.users:
+            raise OSError(errno.EBADF, "fid was clunked")
         self.users += 1
+
+    def let_go(self) -> None:
+        self.users -= 1
+        if not self.users and self.idle is not None:
+            self.idle.set()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """:meth:`hold` the node across several back-end calls of one request,
+        so that a clunk arriving between them waits for all of them."""
+        self.hold()
         try:
             yield
         finally:
-            self.users -= 1
-            if self.users == 0 and self.idle is not None:
-                self.idle.set()
+            self.let_go()
 
-    async def wait_idle(self) -> None:
+    async def release(self) -> None:
+        """Start the clunk: no new use may begin once the node is idle; wait
+        until it is (Access.FINAL)."""
+        self.released = True
         while self.users:
             self.idle = self.idle or asyncio.Event()
             self.idle.clear()

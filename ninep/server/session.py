@@ -1,7 +1,7 @@
 """One 9P session: msize, fids, in-flight tags, flush; calls the back end.
 
 A transport calls :meth:`Session.submit` with each complete request and a
-:class:`~ninep.transport.base.ReplySink`; replies go out in completion order.
+:class:`~ninep.server.sink.ReplySink`; replies go out in completion order.
 Back-end ``OSError``s become Rlerror (Rerror in 9P2000/9P2000.u); nothing
 else escapes.  The dialect is chosen at Tversion: 9P2000.L's handlers are
 this class's methods, 9P2000.u's and 9P2000's live in :mod:`.dialect_u` and
@@ -14,16 +14,19 @@ import asyncio
 import errno
 import logging
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..backends.base import UTIME_NOW, Backend, Credentials, RequestLoad, SetAttr, Stat, qid_type
+from ..backends.base import (ACCESS, UTIME_NOW, Access, Backend, Credentials, RequestLoad,
+                             SetAttr, Stat, qid_type)
 from ..protocol import dotu as u
+from ..protocol import framing
 from ..protocol import ninep as p
-from ..transport.base import ReplySink, Segments, gather, scatter, slice_segments, total_length
+from ..segments import Segments, scatter, total_length
 from .fids import Fid, FidKind, FidTable
 from .idmap import IdTranslation
+from .sink import ReplySink
 from .stats import Stats
 
 log = logging.getLogger("ninep.session")
@@ -110,7 +113,7 @@ class _InFlight:
 class Session:
     """The state of one client connection (or one virtio device)."""
 
-    def __init__(self, backend: Backend, config: SessionConfig | None = None) -> None:
+    def __init__(self, backend: Backend[Any], config: SessionConfig | None = None) -> None:
         self.backend = backend
         self.config = config or SessionConfig()
         self.msize = self.config.msize
@@ -123,8 +126,6 @@ class Session:
         self._closed = False
         # Cached: on Python 3.11 each get_running_loop() is a getpid() syscall.
         self._loop: asyncio.AbstractEventLoop | None = None
-        #: id(fid) -> done-future of the Tlopen/Tlcreate running on it (see _opening_of).
-        self._opening: dict[int, asyncio.Future] = {}
         #: The dialect Tversion chose (9P2000.L until then).
         self.messages: p.MessageSet = p.DOTL
         self._dotl_handlers: dict[int, Handler] = {
@@ -146,12 +147,8 @@ class Session:
         Every request gets exactly one reply, even on a closed session, so a
         virtqueue can always return its descriptor chain.
         """
-        if len(request) == 1:
-            head = request[0][:p.HEADER_SIZE]
-        else:
-            head = gather(request, 0, min(p.HEADER_SIZE, total_length(request)))
         try:
-            size, msgtype, tag = p.decode_header(head)
+            size, msgtype, tag = framing.peek_header(request)
         except p.ProtocolError:
             log.warning("dropping a request shorter than a 9P header")
             self._reply_error(sink, p.NOTAG, errno.EINVAL)
@@ -255,9 +252,7 @@ class Session:
                 reply = await self._twrite(request)
             else:
                 assert handler is not None or msgtype == p.Treaddir.TYPE
-                body = (request[0][p.HEADER_SIZE:] if len(request) == 1
-                        else gather(request, p.HEADER_SIZE, total_length(request) - p.HEADER_SIZE))
-                msg = self.messages.decode_body(msgtype, body, tag)
+                msg = self.messages.decode_body(msgtype, framing.body_of(request), tag)
                 if msgtype == p.Treaddir.TYPE:
                     await self._treaddir(msg, tag, sink)
                     return
@@ -286,7 +281,7 @@ class Session:
     def _send(self, sink: ReplySink, frame: bytes) -> None:
         if len(frame) > sink.capacity:
             # Only a reply that outgrew the client's buffers: say so instead.
-            frame = self.messages.encode_error(p.HEADER.unpack_from(frame)[2], errno.ERANGE)
+            frame = self.messages.encode_error(framing.tag_of(frame), errno.ERANGE)
         sink.send(frame)
 
     def _reply_error(self, sink: ReplySink, tag: int, err: int, flushed: bool = False) -> None:
@@ -299,8 +294,7 @@ class Session:
 
     async def _flush(self, request: Segments, tag: int, sink: ReplySink) -> None:
         try:
-            msg = p.decode_body(p.Tflush.TYPE, gather(request, p.HEADER_SIZE,
-                                                      total_length(request) - p.HEADER_SIZE), tag)
+            msg = p.decode_body(p.Tflush.TYPE, framing.body_of(request), tag)
         except p.ProtocolError:
             self._reply_error(sink, tag, errno.EINVAL)
             return
@@ -337,13 +331,52 @@ class Session:
         for fid in self.fids.drain():
             await self._release(fid)
 
-    async def _release(self, fid: Fid) -> None:
-        opening = self._opening.get(id(fid))
-        if opening is not None:  # clunk after the open, or the fd it makes leaks
-            await asyncio.shield(opening)
-        await fid.wait_idle()
+    async def _call(self, method: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """``method(*args)`` with each :class:`Fid` in *args* replaced by its
+        node, under the method's concurrency class (:data:`~ninep.backends.base.ACCESS`).
+
+        The one way a handler reaches the back end: READ holds every fid
+        given for the call; OPEN also refuses a second open of the fid while
+        one runs (EINVAL), since the back end would leak the first fd; FINAL
+        (clunk) waits until no call holds the fid, and nothing starts on it
+        after.  A fid clunked meanwhile is EBADF, not a dead node.
+        """
+        kind = ACCESS[method.__name__]
+        if kind is Access.FINAL:
+            target, = args
+            if target.__class__ is Fid:
+                await target.release()
+                target = target.node
+            return await method(target)
+        if kind is Access.OPEN:
+            fid = args[0]
+            if fid.opening:
+                raise OSError(errno.EINVAL, "fid is already being opened")
+            fid.hold()
+            fid.opening = True
+            try:
+                return await method(fid.node, *args[1:], **kwargs)
+            finally:
+                fid.opening = False
+                fid.let_go()
+        held: list[Fid] = []
         try:
-            await self.backend.clunk(fid.node)
+            nodes = []
+            for arg in args:
+                if arg.__class__ is Fid:
+                    arg.hold()
+                    held.append(arg)
+                    arg = arg.node
+                nodes.append(arg)
+            return await method(*nodes, **kwargs)
+        finally:
+            for fid in held:
+                fid.let_go()
+
+    async def _release(self, fid: Fid) -> None:
+        """Clunk *fid*'s node once no request uses it (the fid is out of the table)."""
+        try:
+            await self._call(self.backend.clunk, fid)
         except Exception:  # clunk must not fail, but never let it leak out
             log.exception("clunk failed")
 
@@ -394,7 +427,7 @@ class Session:
         uid = msg.n_uname if msg.n_uname != p.NOFID else 0
         if self.config.ids is not None:
             uid = self.config.ids.uids.to_host(uid)
-        node, qid = await self.backend.attach(msg.uname, uid, msg.aname)
+        node, qid = await self._call(self.backend.attach, msg.uname, uid, msg.aname)
         await self._install(msg.fid, Fid(node, uid, is_dir=True))
         return p.Rattach(qid)
 
@@ -408,7 +441,7 @@ class Session:
             self.fids.check_free(msg.newfid)
         for name in msg.wnames:
             _check_name(name)
-        qids, node = await self.backend.walk(fid.node, list(msg.wnames))
+        qids, node = await self._call(self.backend.walk, fid, list(msg.wnames))
         if node is not None:
             is_dir = bool(qids[-1].type & p.QTDIR) if qids else fid.is_dir
             await self._install(msg.newfid, Fid(node, fid.uid, is_dir=is_dir),
@@ -429,7 +462,7 @@ class Session:
         try:
             if self.config.readonly:
                 raise OSError(errno.EROFS, "read-only export")
-            await self.backend.remove(fid.node)
+            await self._call(self.backend.remove, fid)
         finally:
             await self._release(fid)
         return p.Rremove()
@@ -438,8 +471,7 @@ class Session:
 
     async def _Tgetattr(self, msg: p.Tgetattr) -> p.Rgetattr:
         fid = self.fids.get(msg.fid)
-        async with fid.in_use():
-            qid, st = await self.backend.getattr(fid.node)
+        qid, st = await self._call(self.backend.getattr, fid)
         reply = rgetattr(qid, st)
         if self.config.ids is not None:
             uid, gid = self.guest_ids(reply.uid, reply.gid)
@@ -485,17 +517,16 @@ class Session:
         if change.gid == p.NOFID:
             change.gid = None
         self.host_owner(change)
-        async with fid.in_use():
-            await self.backend.setattr(fid.node, change)
+        await self._call(self.backend.setattr, fid, change)
         return p.Rsetattr()
 
     async def _Tstatfs(self, msg: p.Tstatfs) -> p.Rstatfs:
         fid = self.fids.get(msg.fid)
-        return p.Rstatfs(*await self.backend.statfs(fid.node))
+        return p.Rstatfs(*await self._call(self.backend.statfs, fid))
 
     async def _Treadlink(self, msg: p.Treadlink) -> p.Rreadlink:
         fid = self.fids.get(msg.fid)
-        return p.Rreadlink(await self.backend.readlink(fid.node))
+        return p.Rreadlink(await self._call(self.backend.readlink, fid))
 
     # --- open / create ----------------------------------------------------------------------
 
@@ -514,35 +545,21 @@ class Session:
         return fid
 
     async def _Tlopen(self, msg: p.Tlopen) -> p.Rlopen:
-        return p.Rlopen(*await self.open_fid(self._node_fid(msg.fid), dotl_to_host_flags(msg.flags)))
+        fid = self._node_fid(msg.fid)
+        return p.Rlopen(*await self.open_fid(fid, dotl_to_host_flags(msg.flags)))
 
     async def open_fid(self, fid: Fid, flags: int) -> tuple[p.Qid, int]:
         """Open *fid*'s node with host *flags* (Tlopen, Topen): ``(qid, iounit)``."""
         if self.config.readonly and (flags & 3 != os.O_RDONLY or flags & os.O_TRUNC):
             raise OSError(errno.EROFS, "read-only export")
-        qid, iounit = await self._opening_of(fid, self.backend.open(fid.node, flags))
-        fid.kind = FidKind.OPEN
-        fid.is_dir = bool(qid.type & p.QTDIR)
-        fid.open_flags = flags
-        if flags & os.O_TRUNC and fid.clears_setid:
-            await self.backend.setattr(fid.node, SetAttr(drop_setid=True))
+        with fid.held():  # a clunk arriving meanwhile waits for the set-id drop too
+            qid, iounit = await self._call(self.backend.open, fid, flags)
+            fid.kind = FidKind.OPEN
+            fid.is_dir = bool(qid.type & p.QTDIR)
+            fid.open_flags = flags
+            if flags & os.O_TRUNC and fid.clears_setid:
+                await self._call(self.backend.setattr, fid, SetAttr(drop_setid=True))
         return qid, self._iounit(iounit)
-
-    async def _opening_of(self, fid: Fid, opener: Coroutine[Any, Any, T]) -> T:
-        """Run the back end's open/create of *fid*'s node, one at a time per fid,
-        with any clunk of it held until the open is done (the back end may not
-        see those concurrently: two opens, or a clunk before the fd exists,
-        would leak an fd)."""
-        if id(fid) in self._opening:
-            opener.close()
-            raise OSError(errno.EINVAL, "fid is already being opened")
-        done = asyncio.get_running_loop().create_future()
-        self._opening[id(fid)] = done
-        try:
-            return await opener
-        finally:
-            del self._opening[id(fid)]
-            done.set_result(None)
 
     def _iounit(self, backend_iounit: int) -> int:
         """The largest read or write to ask for: whole pages that fit the msize (as
@@ -559,15 +576,15 @@ class Session:
         if not fid.is_dir:
             raise OSError(errno.ENOTDIR, "not a directory")
         _check_new_name(msg.name)
-        return p.Rlcreate(*await self.create_fid(fid, msg.name, dotl_to_host_flags(msg.flags, True),
-                                                 msg.mode & 0o7777, self._credentials(fid, msg.gid)))
+        flags = dotl_to_host_flags(msg.flags, True)
+        return p.Rlcreate(*await self.create_fid(fid, msg.name, flags, msg.mode & 0o7777,
+                                                 self._credentials(fid, msg.gid)))
 
     async def create_fid(self, fid: Fid, name: str, flags: int, mode: int,
                          cred: Credentials) -> tuple[p.Qid, int]:
         """Create and open *name* in *fid*'s directory; the fid becomes the new
         file, open (Tlcreate, Tcreate): ``(qid, iounit)``."""
-        qid, iounit = await self._opening_of(fid, self.backend.create(
-            fid.node, name, flags, mode, cred))
+        qid, iounit = await self._call(self.backend.create, fid, name, flags, mode, cred)
         fid.kind = FidKind.OPEN
         fid.is_dir = False
         fid.open_flags = flags
@@ -576,23 +593,23 @@ class Session:
     async def _Tmkdir(self, msg: p.Tmkdir) -> p.Rmkdir:
         fid = self._dir_fid(msg.dfid)
         _check_new_name(msg.name)
-        return p.Rmkdir(await self.backend.mkdir(fid.node, msg.name, msg.mode & 0o7777,
-                                                 self._credentials(fid, msg.gid)))
+        return p.Rmkdir(await self._call(self.backend.mkdir, fid, msg.name, msg.mode & 0o7777,
+                                         self._credentials(fid, msg.gid)))
 
     async def _Tsymlink(self, msg: p.Tsymlink) -> p.Rsymlink:
         fid = self._dir_fid(msg.fid)
         _check_new_name(msg.name)
         if not msg.symtgt or "\0" in msg.symtgt:
             raise OSError(errno.ENOENT if not msg.symtgt else errno.EINVAL, "bad symlink target")
-        return p.Rsymlink(await self.backend.symlink(fid.node, msg.name, msg.symtgt,
-                                                     self._credentials(fid, msg.gid)))
+        return p.Rsymlink(await self._call(self.backend.symlink, fid, msg.name, msg.symtgt,
+                                           self._credentials(fid, msg.gid)))
 
     async def _Tmknod(self, msg: p.Tmknod) -> p.Rmknod:
         fid = self._dir_fid(msg.dfid)
         _check_new_name(msg.name)
         rdev = os.makedev(msg.major, msg.minor)
-        return p.Rmknod(await self.backend.mknod(fid.node, msg.name, msg.mode, rdev,
-                                                 self._credentials(fid, msg.gid)))
+        return p.Rmknod(await self._call(self.backend.mknod, fid, msg.name, msg.mode, rdev,
+                                         self._credentials(fid, msg.gid)))
 
     async def _Tlink(self, msg: p.Tlink) -> p.Rlink:
         dfid = self._dir_fid(msg.dfid)
@@ -600,14 +617,14 @@ class Session:
         _check_new_name(msg.name)
         if fid.is_dir:
             raise OSError(errno.EPERM, "hard link to a directory")
-        await self.backend.link(dfid.node, fid.node, msg.name)
+        await self._call(self.backend.link, dfid, fid, msg.name)
         return p.Rlink()
 
     async def _Trename(self, msg: p.Trename) -> p.Rrename:
         fid = self.fids.get(msg.fid)
         dfid = self._dir_fid(msg.dfid)
         _check_new_name(msg.name, errno.EISDIR)
-        await self.backend.rename(fid.node, dfid.node, msg.name)
+        await self._call(self.backend.rename, fid, dfid, msg.name)
         return p.Rrename()
 
     async def _Trenameat(self, msg: p.Trenameat) -> p.Rrenameat:
@@ -615,7 +632,7 @@ class Session:
         newdir = self._dir_fid(msg.newdirfid)
         _check_new_name(msg.oldname, errno.EISDIR)
         _check_new_name(msg.newname, errno.EISDIR)
-        await self.backend.renameat(olddir.node, msg.oldname, newdir.node, msg.newname)
+        await self._call(self.backend.renameat, olddir, msg.oldname, newdir, msg.newname)
         return p.Rrenameat()
 
     async def _Tunlinkat(self, msg: p.Tunlinkat) -> p.Runlinkat:
@@ -627,15 +644,14 @@ class Session:
             raise OSError(errno.ENOTEMPTY, "cannot unlink ..")
         if msg.flags & ~p.AT_REMOVEDIR:
             raise OSError(errno.EINVAL, "bad unlinkat flags")
-        await self.backend.unlinkat(fid.node, msg.name, bool(msg.flags & p.AT_REMOVEDIR))
+        await self._call(self.backend.unlinkat, fid, msg.name, bool(msg.flags & p.AT_REMOVEDIR))
         return p.Runlinkat()
 
     async def _Tfsync(self, msg: p.Tfsync) -> p.Rfsync:
         fid = self.fids.get(msg.fid)
         if fid.kind is not FidKind.OPEN:
             raise OSError(errno.EBADF, "fid is not open")
-        async with fid.in_use():
-            await self.backend.fsync(fid.node, bool(msg.datasync))
+        await self._call(self.backend.fsync, fid, bool(msg.datasync))
         return p.Rfsync()
 
     # --- I/O ------------------------------------------------------------------------------
@@ -644,14 +660,12 @@ class Session:
         return max(0, min(count, self.msize - p.IOHDRSZ, sink.capacity - p.IOHDRSZ_REPLY))
 
     async def _tread(self, request: Segments, tag: int, sink: ReplySink) -> None:
-        body = gather(request, p.HEADER_SIZE, total_length(request) - p.HEADER_SIZE)
-        if len(body) != p.FAST_FID_OFFSET_COUNT.size:
-            raise p.ProtocolError("malformed Tread", tag, p.Tread.TYPE)
-        fid_no, offset, count = p.FAST_FID_OFFSET_COUNT.unpack(body)
+        fid_no, offset, count = framing.tread_args(request)
         fid = self.fids.get(fid_no)
         count = self._clamp(count, sink)
         if fid.kind is FidKind.XATTR_READ:
-            data = bytes(fid.xattr_value[offset:offset + count]) if offset < len(fid.xattr_value) else b""
+            value = fid.xattr_value
+            data = bytes(value[offset:offset + count]) if offset < len(value) else b""
             self._send(sink, p.encode_rread_header(tag, len(data)) + data)
             return
         if fid.kind is not FidKind.OPEN:
@@ -659,37 +673,28 @@ class Session:
         if fid.open_flags & 3 == os.O_WRONLY:
             raise OSError(errno.EBADF, "fid is open write-only")
         if fid.is_dir and self._read_dir is not None:
-            async with fid.in_use():
+            with fid.held():
                 data = await self._read_dir(fid, offset, count)
             self._send(sink, p.encode_rread_header(tag, len(data)) + data)
             return
-        views = sink.reserve(p.IOHDRSZ_REPLY + count)
-        async with fid.in_use():
-            n = await self.backend.read_into(fid.node, offset,
-                                             slice_segments(views, p.IOHDRSZ_REPLY, count))
-        scatter(views, p.encode_rread_header(tag, n))
-        sink.commit(p.IOHDRSZ_REPLY + n)
+        views = sink.reserve(framing.rread_size(count))
+        n = await self._call(self.backend.read_into, fid, offset, framing.rread_data(views, count))
+        sink.commit(framing.finish_rread(views, tag, n))
 
     async def _twrite(self, request: Segments) -> p.Rwrite:
-        length = total_length(request)
-        head = gather(request, p.HEADER_SIZE, min(length - p.HEADER_SIZE, p.FAST_TWRITE_HEAD.size))
-        if len(head) != p.FAST_TWRITE_HEAD.size:
-            raise p.ProtocolError("truncated Twrite")
-        fid_no, offset, count = p.FAST_TWRITE_HEAD.unpack(head)
-        start = p.HEADER_SIZE + p.FAST_TWRITE_HEAD.size
-        if start + count != length:
-            raise p.ProtocolError("Twrite count does not match its frame")
+        fid_no, offset, count = framing.twrite_args(request)
         fid = self.fids.get(fid_no)
         count = min(count, self.msize - p.IOHDRSZ)  # Rwrite tells the client how much
         if fid.kind is FidKind.XATTR_WRITE:
-            return p.Rwrite(self._xattr_write(fid, offset, gather(request, start, count)))
+            data = b"".join(framing.twrite_data(request, count))
+            return p.Rwrite(self._xattr_write(fid, offset, data))
         if fid.kind is not FidKind.OPEN:
             raise OSError(errno.EBADF, "fid is not open for writing")
         if fid.open_flags & 3 == os.O_RDONLY:
             raise OSError(errno.EBADF, "fid is open read-only")
-        async with fid.in_use():
-            n = await self.backend.write_from(fid.node, offset, slice_segments(request, start, count),
-                                              drop_setid=count > 0 and fid.clears_setid)
+        n = await self._call(self.backend.write_from, fid, offset,
+                             framing.twrite_data(request, count),
+                             drop_setid=count > 0 and fid.clears_setid)
         return p.Rwrite(n)
 
     async def _treaddir(self, msg: p.Treaddir, tag: int, sink: ReplySink) -> None:
@@ -698,8 +703,7 @@ class Session:
             raise OSError(errno.EBADF if fid.kind is not FidKind.OPEN else errno.ENOTDIR,
                           "fid is not an open directory")
         count = self._clamp(msg.count, sink)
-        async with fid.in_use():
-            entries = await self.backend.readdir(fid.node, msg.offset, max(1, count // 24))
+        entries = await self._call(self.backend.readdir, fid, msg.offset, max(1, count // 24))
         data, _ = p.encode_dirents(entries, count)
         self._send(sink, p.encode_io_header(p.Rreaddir.TYPE, tag, len(data)) + data)
 
@@ -711,13 +715,14 @@ class Session:
             self.fids.check_free(msg.newfid)
         if "\0" in msg.name:
             raise OSError(errno.EINVAL, "bad xattr name")
-        if msg.name:
-            value = await self.backend.xattr_get(fid.node, msg.name)
-        else:
-            value = await self.backend.xattr_list(fid.node)
-        if len(value) > self.config.max_xattr_size:
-            raise OSError(errno.E2BIG, "xattr larger than max_xattr_size")
-        qids, node = await self.backend.walk(fid.node, [])
+        with fid.held():  # a clunk arriving meanwhile waits for the whole request
+            if msg.name:
+                value = await self._call(self.backend.xattr_get, fid, msg.name)
+            else:
+                value = await self._call(self.backend.xattr_list, fid)
+            if len(value) > self.config.max_xattr_size:
+                raise OSError(errno.E2BIG, "xattr larger than max_xattr_size")
+            _, node = await self._call(self.backend.walk, fid, [])
         entry = Fid(node, fid.uid, kind=FidKind.XATTR_READ, xattr_name=msg.name,
                     xattr_value=bytearray(value))
         await self._install(msg.newfid, entry, replace=msg.newfid == msg.fid)
@@ -748,10 +753,10 @@ class Session:
         if fid.xattr_size == 0:
             # Linux's removexattr is Txattrcreate(size 0, XATTR_REPLACE); QEMU
             # removes on any empty value, so a guest cannot set one either way.
-            await self.backend.xattr_remove(fid.node, fid.xattr_name)
+            await self._call(self.backend.xattr_remove, fid, fid.xattr_name)
         else:
-            await self.backend.xattr_set(fid.node, fid.xattr_name, bytes(fid.xattr_value),
-                                         fid.xattr_flags)
+            await self._call(self.backend.xattr_set, fid, fid.xattr_name, bytes(fid.xattr_value),
+                             fid.xattr_flags)
 
     # --- locks -------------------------------------------------------------------------
 
@@ -761,9 +766,8 @@ class Session:
             raise OSError(errno.EBADF, "fid is not open")
         if msg.type not in (p.LOCK_TYPE_RDLCK, p.LOCK_TYPE_WRLCK, p.LOCK_TYPE_UNLCK):
             raise OSError(errno.EINVAL, "bad lock type")
-        async with fid.in_use():
-            status = await self.backend.lock(fid.node, msg.type, msg.start, msg.length,
-                                             msg.proc_id, msg.client_id)
+        status = await self._call(self.backend.lock, fid, msg.type, msg.start, msg.length,
+                                  msg.proc_id, msg.client_id)
         return p.Rlock(status)
 
     async def _Tgetlock(self, msg: p.Tgetlock) -> p.Rgetlock:
@@ -772,9 +776,8 @@ class Session:
             raise OSError(errno.EBADF, "fid is not open")
         if msg.type not in (p.LOCK_TYPE_RDLCK, p.LOCK_TYPE_WRLCK):
             raise OSError(errno.EINVAL, "bad lock type")
-        async with fid.in_use():
-            res = await self.backend.getlock(fid.node, msg.type, msg.start, msg.length,
-                                             msg.proc_id, msg.client_id)
+        res = await self._call(self.backend.getlock, fid, msg.type, msg.start, msg.length,
+                               msg.proc_id, msg.client_id)
         return p.Rgetlock(*res)
 
 

@@ -17,7 +17,7 @@ from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 from ..protocol import ninep as p
-from ..transport.base import ReplySink
+from .sink import ReplySink
 
 if TYPE_CHECKING:
     from .session import Session

@@ -15,19 +15,16 @@ import logging
 import os
 import socket
 import stat
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from ..backends.base import Backend
-from ..protocol.ninep import Tflush
+from ..protocol import framing
 from ..server.session import Session, SessionConfig
 from .base import BufferSink
 
 log = logging.getLogger("ninep.stream")
-
-_SIZE = struct.Struct("<I")
-_TFLUSH = Tflush.TYPE
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +95,8 @@ class StreamConnection(asyncio.BufferedProtocol):
     # --- asyncio.BufferedProtocol -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport
+        # A stream transport (uvloop's are not asyncio.Transport, but alike).
+        self.transport = stream = cast(asyncio.Transport, transport)
         if "lost" in self._paused:  # the server was closing when this one arrived
             transport.close()
             return
@@ -106,7 +104,7 @@ class StreamConnection(asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport.set_write_buffer_limits(high=4 * self.session.msize)
+        stream.set_write_buffer_limits(high=4 * self.session.msize)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._big is not None:
@@ -149,9 +147,9 @@ class StreamConnection(asyncio.BufferedProtocol):
         """Submit every complete frame in the receive buffer; start reading a
         large partial one in place."""
         buf, msize = self._buf, self.session.msize
-        while "lost" not in self._paused and self._end - self._start >= 4:
-            (size,) = _SIZE.unpack_from(buf, self._start)
-            if size < 7 or size > msize:
+        while "lost" not in self._paused and self._end - self._start >= framing.SIZE_BYTES:
+            size = framing.frame_size(buf, self._start)
+            if size < framing.MIN_FRAME_SIZE or size > msize:
                 log.warning("closing connection from %s: bad frame size %d (msize %d)",
                             self.peer, size, msize)
                 self.close()
@@ -179,7 +177,7 @@ class StreamConnection(asyncio.BufferedProtocol):
         self._start, self._end = 0, n
 
     def _frame(self, frame: bytes | bytearray) -> None:
-        if frame[4] == _TFLUSH:
+        if framing.is_tflush(frame):
             _forget_queued(self._waiting, frame)
             self._submit(frame)
         elif not self._waiting and not self.session.full:
@@ -236,12 +234,13 @@ class StreamConnection(asyncio.BufferedProtocol):
                 self.done.set_result(None)
 
 
-def _forget_queued(waiting: collections.deque[bytes | bytearray], tflush: bytes | bytearray) -> None:
+def _forget_queued(waiting: collections.deque[bytes | bytearray],
+                   tflush: bytes | bytearray) -> None:
     """Drop the queued request a Tflush names: it never reached the session,
     so it never answers, and the Rflush alone completes it."""
-    oldtag = tflush[7:9]
+    oldtag = framing.flushed_tag(tflush)
     for frame in waiting:
-        if frame[5:7] == oldtag:
+        if framing.tag_of(frame) == oldtag:
             waiting.remove(frame)
             return
 
@@ -263,11 +262,15 @@ class StreamServer:
         conn = StreamConnection(Session(self.backend_factory(), self.config))
         self._streams.add(conn)
         self._connections.add(conn.done)
-        conn.done.add_done_callback(lambda _: (self._streams.discard(conn),
-                                               self._connections.discard(conn.done)))
+        conn.done.add_done_callback(lambda _: self._forget(conn))
         if self._closing:
             conn.close()
         return conn
+
+    def _forget(self, conn: StreamConnection) -> None:
+        """A connection ended: it no longer counts as open."""
+        self._streams.discard(conn)
+        self._connections.discard(conn.done)
 
     async def start(self, address: ListenAddress) -> None:
         loop = asyncio.get_running_loop()
@@ -294,7 +297,8 @@ class StreamServer:
 
     @property
     def sockets(self) -> list[socket.socket]:
-        return list(self._server.sockets) if self._server else []
+        # asyncio.Server's, which AbstractServer (the annotation) does not declare.
+        return list(getattr(self._server, "sockets", ())) if self._server else []
 
     @property
     def sessions(self) -> list[Session]:

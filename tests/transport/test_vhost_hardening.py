@@ -15,7 +15,7 @@ import pytest
 from ninep.protocol import ninep as p
 from ninep.testing.fake_virtqueue import FakeVirtqueue, PendingRequest
 from ninep.testing.vhost_frontend import ACKED, VhostUserFrontend
-from ninep.transport.base import scatter
+from ninep.protocol.framing import scatter
 from ninep.transport.vhost import virtqueue as vq
 from ninep.transport.vhost.virtqueue import (CHAINS_PER_PASS, DESC, MAX_CHAIN, VIRTQ_DESC_F_INDIRECT,
                                              VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE)

@@ -13,7 +13,8 @@ from ninep.backends.local import LocalBackend
 from ninep.protocol import ninep as p
 from ninep.server.session import Session, SessionConfig
 from ninep.testing.fake_virtqueue import FakeVirtqueue
-from ninep.transport.base import ReplySink, scatter
+from ninep.protocol.framing import scatter
+from ninep.server.sink import ReplySink
 from ninep.transport.vhost.virtqueue import (VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
                                              VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY,
                                              SplitVirtqueue, VirtqueueError, vring_need_event)

@@ -15,10 +15,9 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from ..base import ReplySink
 from .device import VhostUserDevice
 from .listener import serve_front_ends
-from .virtqueue import RequestHandler
+from .virtqueue import RequestHandler, VirtqueueReplySink
 
 VIRTIO_ID_RNG = 4
 
@@ -29,7 +28,7 @@ def entropy_filler(source: EntropySource = os.urandom) -> RequestHandler:
     """The virtio-rng request handler: every writable byte gets *source* data
     (readable descriptors, which a driver should not send, are ignored)."""
 
-    def fill(readable: list[memoryview], sink: ReplySink) -> None:
+    def fill(readable: list[memoryview], sink: VirtqueueReplySink) -> None:
         size = sink.capacity
         for view in sink.reserve(size):
             view[:] = source(len(view))

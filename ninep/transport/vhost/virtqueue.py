@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..base import ReplySink, scatter, slice_segments
+from ...segments import scatter, slice_segments
 from .memory import GuestMemory, GuestMemoryError
 
 log = logging.getLogger("ninep.vhost.virtqueue")
@@ -58,7 +58,7 @@ USED_ELEM = struct.Struct("<II")  # id, len
 _U16 = struct.Struct("<H")
 _EVENT = b"\x01\x00\x00\x00\x00\x00\x00\x00"
 
-RequestHandler = Callable[[list[memoryview], ReplySink], None]
+RequestHandler = Callable[[list[memoryview], "VirtqueueReplySink"], None]
 
 
 def vring_need_event(event_idx: int, new_idx: int, old_idx: int) -> bool:
@@ -93,7 +93,7 @@ class VirtqueueStats:
     errors_signalled: int = 0
 
 
-class VirtqueueReplySink(ReplySink):
+class VirtqueueReplySink:
     """Writes one reply into the chain's writable descriptors and completes the chain."""
 
     __slots__ = ("capacity", "_queue", "_head", "_writable", "_reserved", "_cut_short",
