@@ -174,9 +174,25 @@ class WorkerPool:
 
 # --- pinning and reopening --------------------------------------------------------------
 
+#: What names this process's fds: ``/proc/self/fd/``, or nothing once
+#: :func:`name_fds_from_cwd` has made the working directory that directory.
+_fd_dir = "/proc/self/fd/"
+
+
 def fd_path(fd: int) -> str:
     """``/proc/self/fd/N``: following it lands on *fd*'s own inode (see above)."""
-    return f"/proc/self/fd/{fd}"
+    return f"{_fd_dir}{fd}"
+
+
+def name_fds_from_cwd() -> None:
+    """From now on :func:`fd_path` is ``"N"``, relative to the working directory.
+
+    For ``--sandbox chroot``: the root is then the export, whose
+    ``proc/self/fd/N`` a guest may have planted, so the working directory
+    is this process's real ``/proc/self/fd``, held from before the chroot.
+    """
+    global _fd_dir
+    _fd_dir = ""
 
 
 def open_nofollow(dirfd: int, name: str, flags: int = os.O_PATH) -> int:

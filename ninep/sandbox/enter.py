@@ -9,6 +9,7 @@ import time
 
 from ..backends.base import Backend
 from .caps import limit_capabilities, set_nofile_limit
+from .chroot import enter_chroot
 from .mounts import SocketFiles, enter_namespace
 from .seccomp import build_filter, refuse_io_uring
 
@@ -61,6 +62,8 @@ def confine(args: argparse.Namespace, backend: Backend, socket_paths: list[str])
         syscall_filter = build_filter(args.seccomp) if args.seccomp != "none" else None
         if args.sandbox == "namespace":
             enter_namespace(args.export)
+        elif args.sandbox == "chroot":
+            enter_chroot(args.export)
         bounding_left = limit_capabilities(capabilities_to_keep(args, backend))
         if syscall_filter is not None:
             syscall_filter.load()

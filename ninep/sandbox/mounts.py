@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 from .. import syscalls as sc
 
-SANDBOX_CHOICES = ("namespace", "none")
+SANDBOX_CHOICES = ("namespace", "chroot", "none")
 _TMPFS_FLAGS = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
 #: statvfs flag -> mount flag, for the flags a read-only remount must repeat.
 _KEPT_FLAGS = ((os.ST_NOEXEC, sc.MS_NOEXEC), (os.ST_NOATIME, 1 << 10),
@@ -48,7 +48,7 @@ def runtime_dirs() -> list[str]:
         if os.path.isdir(path) and (path.startswith(stdlib) or
                                     os.path.basename(path) in ("site-packages", "dist-packages")):
             dirs.add(path)
-    outermost = []
+    outermost: list[str] = []
     for d in sorted(dirs):
         if not any(d == o or d.startswith(o.rstrip("/") + "/") for o in outermost):
             outermost.append(d)
@@ -60,7 +60,7 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
-def _enter_user_namespace() -> None:
+def enter_user_namespace() -> None:
     """Become root of a new user namespace in which our own ids map to themselves."""
     uid, gid = os.geteuid(), os.getegid()
     sc.unshare(sc.CLONE_NEWUSER)
@@ -92,7 +92,7 @@ def enter_namespace(export: str, extra_dirs: Iterable[str] = ()) -> None:
     views += [(export, False), (f"/proc/{os.getpid()}/fd", False)]
     try:
         if os.geteuid() != 0:
-            _enter_user_namespace()
+            enter_user_namespace()
         sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET)
     except OSError as exc:
         raise SandboxError(exc.errno, f"--sandbox namespace: cannot create namespaces "
@@ -153,4 +153,5 @@ class SocketFiles:
         self._entries = []
 
 
-__all__ = ["SANDBOX_CHOICES", "SandboxError", "SocketFiles", "enter_namespace", "runtime_dirs"]
+__all__ = ["SANDBOX_CHOICES", "SandboxError", "SocketFiles", "enter_namespace",
+           "enter_user_namespace", "runtime_dirs"]

@@ -56,7 +56,8 @@ def add_confinement_options(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--sandbox", choices=SANDBOX_CHOICES, default=None,
                    help="namespace: the process's root holds only the export and the Python "
                         "runtime, in new mount/ipc/net namespaces (default; none for --backend "
-                        "proxy, whose helper confines itself); none: no sandbox")
+                        "proxy, whose helper confines itself); chroot: the root is the export "
+                        "(lighter, weaker: no namespaces); none: no sandbox")
     g.add_argument("--seccomp", choices=SECCOMP_CHOICES, default="kill",
                    help="allow-list of system calls: kill ends the process on any other call, "
                         "log only logs it (kernel audit log), none: no filter")
@@ -71,8 +72,8 @@ def resolve_confinement(args: argparse.Namespace) -> None:
     """Check the group against the rest of the command line (ValueError names the option);
     sets ``args.exposed`` (listeners to warn about) and ``args.sandbox`` (its default)."""
     args.exposed = check_exposure(args.listen, args.allow_network_share)
-    if args.sandbox == "namespace" and args.backend == "proxy":
-        raise ValueError("--sandbox namespace: the proxy back end's helper does the "
+    if args.sandbox in ("namespace", "chroot") and args.backend == "proxy":
+        raise ValueError(f"--sandbox {args.sandbox}: the proxy back end's helper does the "
                          "confining; use --sandbox none")
     if args.sandbox is None:
         # The proxy back end reaches its helper by a socket path, and the

@@ -7,10 +7,9 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncContextManager
 
 import pytest
 
@@ -34,7 +33,7 @@ def status_mask(value: str) -> int:
     return int(value.strip(), 16)
 
 
-StartServer = Callable[..., AsyncContextManager[Running]]
+StartServer = Callable[..., AbstractAsyncContextManager[Running]]
 
 
 @pytest.fixture
