@@ -12,14 +12,15 @@ not root) and pivots into a small tmpfs that holds, at their host paths:
 Nothing else of the host is reachable by path; the listening sockets, the
 export and guest memory all arrive as fds.  The network namespace is empty,
 so a compromised server cannot open a connection either.  A pid namespace
-is not used: the server keeps the pid its manager started it with.
+is used only with --pid-namespace (pidns.py): otherwise the server keeps
+the pid its manager started it with.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .. import syscalls as sc
 
@@ -81,22 +82,31 @@ def _bind(source_fd: int, new_root: str, path: str, *, readonly: bool) -> None:
                  sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | kept)
 
 
-def enter_namespace(export: str, extra_dirs: Iterable[str] = ()) -> None:
-    """Pivot into a root of the export, the runtime and /proc/self/fd (see the module doc)."""
+def enter_namespace(export: str, extra_dirs: Iterable[str] = (),
+                    fork: Callable[[], None] | None = None) -> None:
+    """Pivot into a root of the export, the runtime and /proc/self/fd (see the module doc).
+
+    With *fork* (``pidns.fork_supervised``) a pid namespace is created too, and
+    *fork* is called once the namespaces exist: it returns in the process that
+    serves, which then builds the root (with its own fd directory).
+    """
     export = os.path.realpath(export)
     if export == "/":
         raise SandboxError(0, "--sandbox namespace: the export is the whole file system; "
                            "use --sandbox none")
     # The export after the runtime, so that it is on top should it lie inside it.
     views = [(d, True) for d in (*runtime_dirs(), *extra_dirs)]
-    views += [(export, False), (f"/proc/{os.getpid()}/fd", False)]
+    views += [(export, False), ("/proc/self/fd", False)]
     try:
         if os.geteuid() != 0:
             enter_user_namespace()
-        sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET)
+        sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET
+                   | (sc.CLONE_NEWPID if fork is not None else 0))
     except OSError as exc:
         raise SandboxError(exc.errno, f"--sandbox namespace: cannot create namespaces "
                            f"({exc.strerror}); run with --sandbox none") from None
+    if fork is not None:
+        fork()
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     # Bind sources must be mounts of this namespace: open them only now.
     fds: list[tuple[int, str, bool]] = []

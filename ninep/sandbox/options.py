@@ -40,8 +40,8 @@ def _nofile(text: str) -> int:
 
 
 def add_confinement_options(ap: argparse.ArgumentParser) -> None:
-    """--allow-network-share, --all-squash, --translate-uid/gid, --sandbox, --seccomp,
-    --modcaps, --rlimit-nofile."""
+    """--allow-network-share, --all-squash, --translate-uid/gid, --sandbox,
+    --pid-namespace, --seccomp, --modcaps, --rlimit-nofile."""
     g = ap.add_argument_group("confinement")
     g.add_argument(ALLOW_FLAG, action="store_true",
                    help="accept a --listen tcp: address that is not loopback (an "
@@ -58,6 +58,9 @@ def add_confinement_options(ap: argparse.ArgumentParser) -> None:
                         "runtime, in new mount/ipc/net namespaces (default; none for --backend "
                         "proxy, whose helper confines itself); chroot: the root is the export "
                         "(lighter, weaker: no namespaces); none: no sandbox")
+    g.add_argument("--pid-namespace", action="store_true",
+                   help="with --sandbox namespace: serve as pid 1 of a new pid namespace, "
+                        "under a supervisor process that holds nothing (default: off)")
     g.add_argument("--seccomp", choices=SECCOMP_CHOICES, default="kill",
                    help="allow-list of system calls: kill ends the process on any other call, "
                         "log only logs it (kernel audit log), none: no filter")
@@ -79,6 +82,8 @@ def resolve_confinement(args: argparse.Namespace) -> None:
         # The proxy back end reaches its helper by a socket path, and the
         # helper confines the export itself.
         args.sandbox = "none" if args.backend == "proxy" else "namespace"
+    if args.pid_namespace and args.sandbox != "namespace":
+        raise ValueError(f"--pid-namespace needs --sandbox namespace, not {args.sandbox}")
 
 
 def id_translation(args: argparse.Namespace) -> IdTranslation | None:

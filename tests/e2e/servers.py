@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ninep.testing.process import stop_process
+from ninep.testing.process import serving_pid, stop_process
 from tests.e2e.guest import FdSocketShare, GuestError, Share, VhostUserShare, vhost_qemu, wait_for_listener
 
 DIOD = "diod"
@@ -170,7 +170,8 @@ class NinepServer:
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        """The serving process (not a --pid-namespace supervisor)."""
+        return serving_pid(self.proc.pid)
 
     def share(self, **kwargs: str) -> Share:
         """The share a guest mounts to reach this server (``mount_opts=...``)."""

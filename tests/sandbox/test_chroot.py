@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +21,8 @@ DECOY = b"planted by the guest\n"
 
 
 @pytest.fixture
-def export() -> Iterator[Path]:
-    """An export the normal user can reach too (pytest's tmp_path is root's, mode 0700)."""
-    top = Path(tempfile.mkdtemp(prefix="ninep-chroot-", dir="/tmp"))
-    top.chmod(0o755)
-    (top / "export").mkdir()
-    yield top / "export"
-    shutil.rmtree(top, ignore_errors=True)
+def export(normal_user_export: Path) -> Path:
+    return normal_user_export
 
 
 def plant_fd_links(export: Path, count: int = 256) -> None:
@@ -67,7 +59,7 @@ async def test_a_planted_proc_self_fd_is_never_followed(
     (export / "real").chmod(0o644)
     plant_fd_links(export)
     async with start_server("--sandbox", "chroot", "--security-model", model) as running:
-        pid = running.proc.pid
+        pid = running.pid
         assert os.readlink(f"/proc/{pid}/root") == str(export)
         await serve_through_pinned_fds(running.socket)
         status = running.status()
@@ -92,8 +84,8 @@ async def test_a_normal_user_chroots_through_a_user_namespace(
         os.chown(path, NORMAL_UID, NORMAL_UID)  # the guest's files, as the server's user
     async with start_server("--sandbox", "chroot", "--security-model", "mapped-xattr",
                             normal_user=True) as running:
-        assert os.readlink(f"/proc/{running.proc.pid}/root") == str(export)
-        assert os.readlink(f"/proc/{running.proc.pid}/ns/user") != os.readlink(
+        assert os.readlink(f"/proc/{running.pid}/root") == str(export)
+        assert os.readlink(f"/proc/{running.pid}/ns/user") != os.readlink(
             "/proc/self/ns/user")
         await serve_through_pinned_fds(running.socket)
     assert (export / "decoy").read_bytes() == DECOY

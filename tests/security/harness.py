@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from ninep.testing.process import stop_process
+from ninep.testing.process import serving_pid, stop_process
 from ninep.backends.local import LocalBackend
 from ninep.client import Client
 from ninep.server.session import SessionConfig
@@ -424,7 +424,8 @@ class ServerProcess:
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        """The serving process (not a --pid-namespace supervisor)."""
+        return serving_pid(self.proc.pid)
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
