@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .. import syscalls
+from ..fdnames import fd_path
 from ..protocol.ninep import (LOCK_BLOCKED, LOCK_SUCCESS, LOCK_TYPE_RDLCK, LOCK_TYPE_UNLCK,
                               LOCK_TYPE_WRLCK, QTDIR, QTFILE, QTSYMLINK, Qid)
 from .base import (REQUEST_LOAD, UTIME_OMIT, DirEntry, LockResult, SetAttr, Stat, StatFs,
@@ -173,27 +174,6 @@ class WorkerPool:
 
 
 # --- pinning and reopening --------------------------------------------------------------
-
-#: What names this process's fds: ``/proc/self/fd/``, or nothing once
-#: :func:`name_fds_from_cwd` has made the working directory that directory.
-_fd_dir = "/proc/self/fd/"
-
-
-def fd_path(fd: int) -> str:
-    """``/proc/self/fd/N``: following it lands on *fd*'s own inode (see above)."""
-    return f"{_fd_dir}{fd}"
-
-
-def name_fds_from_cwd() -> None:
-    """From now on :func:`fd_path` is ``"N"``, relative to the working directory.
-
-    For ``--sandbox chroot``: the root is then the export, whose
-    ``proc/self/fd/N`` a guest may have planted, so the working directory
-    is this process's real ``/proc/self/fd``, held from before the chroot.
-    """
-    global _fd_dir
-    _fd_dir = ""
-
 
 def open_nofollow(dirfd: int, name: str, flags: int = os.O_PATH) -> int:
     """Open entry *name* of *dirfd* itself: a final symlink is not followed."""

@@ -7,7 +7,7 @@ root being the export, which a guest writes:
 * The back ends reach pinned inodes through ``/proc/self/fd/N``; in the new
   root that path is whatever a guest planted at ``export/proc/self/fd/N``.
   So the real ``/proc/self/fd`` is opened before the chroot and made the
-  working directory, and ``fdops.fd_path`` names fds relative to it.
+  working directory, and ``fdnames.fd_path`` names fds relative to it.
 * Anything loaded by path after the chroot would come from the guest.  So
   every module the server may import is imported first, the import system
   then finds nothing by path (a late import fails instead of running a
@@ -24,7 +24,7 @@ import os
 import pkgutil
 import sys
 
-from ..backends import fdops
+from .. import fdnames
 from .mounts import SandboxError, enter_user_namespace
 
 #: Parts of the ninep package the server never imports.
@@ -81,7 +81,7 @@ def enter_chroot(export: str) -> None:
         os.fchdir(fd_dir)
     finally:
         os.close(fd_dir)
-    fdops.name_fds_from_cwd()
+    fdnames.name_fds_from_cwd()
     forbid_imports_by_path()
 
 

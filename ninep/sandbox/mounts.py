@@ -7,7 +7,7 @@ not root) and pivots into a small tmpfs that holds, at their host paths:
 * the export (read-write, with what is mounted inside it),
 * the directories Python imports from (read-only, nosuid, nodev),
 * ``/proc/self/fd``: a bind of this process's own fd directory, because the
-  back ends reach pinned inodes through ``/proc/self/fd/N`` (fdops.fd_path).
+  back ends reach pinned inodes through ``/proc/self/fd/N`` (fdnames.fd_path).
 
 Nothing else of the host is reachable by path; the listening sockets, the
 export and guest memory all arrive as fds.  The network namespace is empty,

@@ -25,7 +25,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 
-from ...backends.fdops import fd_path
+from ...fdnames import fd_path
 from .channel import ConnectionDropped, VhostUserChannel
 from .memory import GuestMemory, GuestMemoryError
 from .messages import (FLAG_VERSION, FLAG_VERSION_MASK, MAX_CONFIG_SIZE, PROTOCOL_F_CONFIG,
