@@ -273,8 +273,9 @@ class StreamServer:
 
     async def start(self, address: ListenAddress, *, serving: bool = True) -> None:
         """Listen on *address*.  With ``serving=False`` the socket is bound and
-        listening but nothing is accepted (nor an inherited connection read)
-        until :meth:`serve_forever`: the CLI confines the process in between."""
+        listening but nothing is accepted until :meth:`start_serving`, nor an
+        inherited connection read until :meth:`serve_forever`: the CLI
+        confines the process in between."""
         loop = asyncio.get_running_loop()
         if address.kind == "unix":
             sock = _listening_unix_socket(address.path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -24,7 +25,8 @@ def test_no_connection_is_served_before_the_process_is_confined(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A client of the first listener connects (and sends Tversion) while the
     second listener is being opened; it must be accepted only after confine(),
-    on either event loop (the command uses uvloop's)."""
+    on either event loop (the command uses uvloop's).  So must an inherited
+    connection (``--listen fd:N`` of a connected socket) be served."""
     first, second, vhost = (str(sockdir / n) for n in ("first.sock", "second.sock", "vhost.sock"))
     events: list[str] = []
     probe: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
@@ -59,9 +61,11 @@ def test_no_connection_is_served_before_the_process_is_confined(
     # cli imports it lazily, from its module
     monkeypatch.setattr(vhost_user, "serve_vhost_user", vhost_accepting)
     monkeypatch.setattr(cli, "confine", confine)
+    inherited, client_end = socket.socketpair()
+    client_end.sendall(p.encode(p.Tversion(8192, "9P2000.L"), p.NOTAG))
     args = cli.parse_args(["--export", str(export), "--listen", f"unix:{first}",
-                           "--listen", f"unix:{second}", "--socket-path", vhost,
-                           "--sandbox", "none", "--seccomp", "none"])
+                           "--listen", f"unix:{second}", "--listen", f"fd:{inherited.detach()}",
+                           "--socket-path", vhost, "--sandbox", "none", "--seccomp", "none"])
 
     async def serve_and_probe() -> None:
         serving = asyncio.ensure_future(cli.serve(args))
@@ -79,6 +83,11 @@ def test_no_connection_is_served_before_the_process_is_confined(
             serving.cancel()
             await asyncio.gather(serving, return_exceptions=True)
 
-    runner(serve_and_probe())
+    try:
+        runner(serve_and_probe())
+        client_end.settimeout(20)
+        assert client_end.recv(4)  # the inherited connection was served too
+    finally:
+        client_end.close()
     assert events[0] == "confined", events
-    assert "accepted" in events and "vhost accepting" in events
+    assert events.count("accepted") == 2 and "vhost accepting" in events, events
