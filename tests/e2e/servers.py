@@ -164,9 +164,20 @@ class NinepServer:
             stdin=subprocess.DEVNULL, stdout=self._logf, stderr=subprocess.STDOUT)
         try:
             wait_for_listener(self.sock, proc=self.proc, probe=False)
+            if "--log-level" not in extra:
+                self._wait_until_serving()
         except GuestError as e:
             self.stop()
             raise GuestError(f"{e}\n--- ninep log ---\n{self.output()}") from None
+
+    def _wait_until_serving(self, timeout: float = 60) -> None:
+        """Until ninep logs "serving": its socket appears before the process is
+        confined (and, with --pid-namespace, before the serving process exists)."""
+        deadline = time.monotonic() + timeout
+        while "INFO serving " not in self.output():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise GuestError("ninep never logged that it serves")
+            time.sleep(0.05)
 
     @property
     def pid(self) -> int:
