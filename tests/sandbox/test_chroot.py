@@ -112,3 +112,21 @@ def test_after_the_chroot_nothing_is_imported_by_path(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
                             text=True, timeout=60)
     assert result.stdout == "refused\n", result.stderr
+
+
+#: The escape suites whose every request goes through pinned fds.
+ESCAPE_SUITES = ("tests/security/test_symlinks.py", "tests/security/test_names.py",
+                 "tests/security/test_special_files.py")
+
+
+def test_the_escape_suites_pass_with_fds_named_as_under_chroot() -> None:
+    """Every back-end path through fd_path, in its chroot form (relative to a
+    held /proc/self/fd), against the export-escape traps."""
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "-p", "tests.sandbox.fd_names_from_cwd", *ESCAPE_SUITES],
+                            cwd=repo, capture_output=True, text=True, timeout=600,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout.splitlines()[-1]
+
