@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
 from . import __version__
@@ -47,7 +47,8 @@ def _mode(text: str) -> int:
     try:
         value = int(text, 8)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an octal mode like 0644, not {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected an octal mode like 0644, not {text!r}") from None
     if not 0 <= value <= 0o7777:
         raise argparse.ArgumentTypeError(f"mode {text} is out of range")
     return value
@@ -217,12 +218,13 @@ def make_backend(args: argparse.Namespace) -> Backend:
     if args.backend == "local":
         from .backends.local import LocalBackend, make_model
         model = make_model(args.security_model or "passthrough", args.fmode, args.dmode)
-        return LocalBackend(args.export, model=model, multidevs=args.multidevs, threads=args.threads,
+        return LocalBackend(args.export, model=model, multidevs=args.multidevs,
+                            threads=args.threads,
                             inline=None if args.inline == "auto" else False)
     if args.backend == "handle":
         if args.security_model is not None:
             raise ValueError("Invalid argument security_model specified with handle fsdriver")
-        from .backends.handle import HandleBackend  # type: ignore[import-not-found]
+        from .backends.handle import HandleBackend
         return HandleBackend(args.export, multidevs=args.multidevs, threads=args.threads,
                              inline=None if args.inline == "auto" else False)
     from .backends.proxy import ProxyBackend
@@ -368,6 +370,7 @@ def main(argv: list[str] | None = None,
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="ninep: %(levelname)s %(message)s")
     prepare(args)
+    runner: Callable[[Coroutine[Any, Any, None]], None]
     try:
         import uvloop
         runner = uvloop.run
