@@ -45,7 +45,7 @@ from bench.cpu import process_cpu_seconds  # noqa: E402
 from ninep.client import Client  # noqa: E402
 from ninep.protocol import ninep as p  # noqa: E402
 from ninep.testing.fake_virtqueue import split_sizes  # noqa: E402
-from ninep.testing.process import stop_process  # noqa: E402
+from ninep.testing.process import serving_pid, stop_process  # noqa: E402
 from ninep.testing.vhost_frontend import VhostUserGuest  # noqa: E402
 
 KIB = 1024
@@ -116,6 +116,8 @@ async def stream_ops(sock: str) -> tuple[Ops, Callable[[], None]]:
 # --- measuring --------------------------------------------------------------------------------
 
 REQUESTS = ("Tgetattr", "Twalk+Tclunk", "Tread 4 KiB", "Tread 512 KiB", "Twrite 512 KiB")
+#: Also measurable (bench.sandbox_cost): a small write.
+SMALL_WRITE = "Twrite 4 KiB"
 #: Requests moving 512 KiB run n/20 times.
 BIG = ("Tread 512 KiB", "Twrite 512 KiB")
 
@@ -124,7 +126,7 @@ async def batch(ops: Ops, what: str, n: int, rng: random.Random) -> Callable[[],
     """The coroutine factory running *n* requests of kind *what*."""
     blocks = FILE_MIB * KIB // 4
     span = FILE_MIB * KIB * KIB // (512 * KIB)
-    payload = os.urandom(512 * KIB) if what == "Twrite 512 KiB" else b""
+    payload = os.urandom(512 * KIB if what == "Twrite 512 KiB" else 4 * KIB)
 
     async def run() -> None:
         if what == "Tgetattr":
@@ -141,6 +143,9 @@ async def batch(ops: Ops, what: str, n: int, rng: random.Random) -> Callable[[],
             for i in range(n):
                 data = await ops.read((i % span) * 512 * KIB, 512 * KIB)
                 assert len(data) == 512 * KIB
+        elif what == SMALL_WRITE:
+            for _ in range(n):
+                assert await ops.write(rng.randrange(blocks) * 4 * KIB, payload) == 4 * KIB
         else:
             for i in range(n):
                 assert await ops.write((i % span) * 512 * KIB, payload) == 512 * KIB
@@ -164,7 +169,8 @@ def _start_server(export: Path, work: Path, label: str, pythonpath: str | None,
 
 async def measure_server(export: Path, work: Path, n: int, reps: int,
                          servers: Sequence[tuple[str, str | None, Sequence[str]]] = (("", None, ()),),
-                         log=print) -> dict[str, dict[str, list[float]]]:
+                         log=print, requests: Sequence[str] = REQUESTS
+                         ) -> dict[str, dict[str, list[float]]]:
     """``{transport: {request: [server CPU µs per request, one per rep]}}`` (and wall µs).
 
     With several *servers* (label, PYTHONPATH, extra options), each runs its own process and
@@ -191,16 +197,17 @@ async def measure_server(export: Path, work: Path, n: int, reps: int,
                 transports.append((ops, proc))
                 closers.append(close)
         rng = random.Random(5)
-        for what in REQUESTS:
+        for what in requests:
             count = n if what not in BIG else max(50, n // 20)
             for ops, _ in transports:  # warm-up (thread pool, page cache)
                 await (await batch(ops, what, max(5, count // 10), rng))()
             for rep in range(reps):
                 for ops, proc in transports if rep % 2 == 0 else transports[::-1]:
                     run = await batch(ops, what, count, rng)
-                    c0, t0 = process_cpu_seconds(proc.pid), time.perf_counter()
+                    pid = serving_pid(proc.pid)  # not a --pid-namespace supervisor
+                    c0, t0 = process_cpu_seconds(pid), time.perf_counter()
                     await run()
-                    c1, t1 = process_cpu_seconds(proc.pid), time.perf_counter()
+                    c1, t1 = process_cpu_seconds(pid), time.perf_counter()
                     cell = results.setdefault(ops.name, {})
                     cell.setdefault(what, []).append((c1 - c0) / count * 1e6)
                     cell.setdefault(what + " wall", []).append((t1 - t0) / count * 1e6)

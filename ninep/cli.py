@@ -47,7 +47,8 @@ def _mode(text: str) -> int:
     try:
         value = int(text, 8)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an octal mode like 0644, not {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected an octal mode like 0644, not {text!r}") from None
     if not 0 <= value <= 0o7777:
         raise argparse.ArgumentTypeError(f"mode {text} is out of range")
     return value
@@ -290,35 +291,45 @@ async def serve(args: argparse.Namespace, ready: Callable[[], None] | None = Non
         # Before anything listens or the process is confined: a proxy back end
         # starts its helper here, which needs the host's file system.
         await backend.start()
+        # Every socket is bound and listening before any is accepted from, and
+        # nothing is accepted or served before the process is confined (no
+        # await from the first start_serving to confine()): the sandbox hides
+        # the host's file system, and the seccomp filter forbids bind and listen.
         if config.stats is not None:
             metrics = MetricsServer(config.stats.prometheus)
             try:
-                await metrics.start(args.stats)
+                await metrics.start(args.stats, serving=False)
             except OSError as exc:
                 raise OSError(exc.errno, f"--stats {args.stats}: {exc.strerror or exc}") from None
         for address in args.listen:
             server = StreamServer(lambda: backend, config)
+            servers.append(server)  # closed in the end even if it failed to start
             try:
-                await server.start(address)
+                await server.start(address, serving=False)
             except OSError as exc:
                 raise OSError(exc.errno, f"--listen {address}: {exc.strerror or exc}") from None
-            servers.append(server)
-            tasks.append(asyncio.ensure_future(server.serve_forever()))
-        # Every socket is open before the process is confined: the sandbox hides
-        # the host's file system, and the seccomp filter forbids bind and listen.
+        # Accepting calls listen(2) again, so it starts before the seccomp
+        # filter; the loop does not run (and accepts nothing) until confined.
+        for server in servers:
+            server.start_serving()
+        if metrics is not None:
+            metrics.start_serving()
         socket_paths = [a.path for a in args.listen if a.kind == "unix"]
         if args.stats is not None and args.stats.kind == "unix":
             socket_paths.append(args.stats.path)
+        listening = None
         if args.socket_path is not None or args.fd is not None:
             from .transport.vhost.listener import listen
             from .transport.vhost_user import serve_vhost_user
             listening = listen(args.socket_path, args.fd)
             if listening.created_inode is not None:
                 socket_paths.append(args.socket_path)
+        socket_files = confine(args, backend, socket_paths)
+        tasks = [asyncio.ensure_future(server.serve_forever()) for server in servers]
+        if listening is not None:
             tasks.append(asyncio.ensure_future(serve_vhost_user(
                 lambda: backend, socket_path=args.socket_path, listen_fd=args.fd, tag=args.tag,
                 session_config=config, listening=listening, poll_us=args.vhost_poll_us)))
-        socket_files = confine(args, backend, socket_paths)
         log.info("serving %s (%s)", args.export or "the proxy helper's export", args.backend)
         for address in args.exposed:
             log.warning("%s is reachable from the network: anyone who connects gets %s "

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .. import syscalls
+from ..fdnames import fd_path
 from ..protocol.ninep import (LOCK_BLOCKED, LOCK_SUCCESS, LOCK_TYPE_RDLCK, LOCK_TYPE_UNLCK,
                               LOCK_TYPE_WRLCK, QTDIR, QTFILE, QTSYMLINK, Qid)
 from .base import (UTIME_OMIT, DirEntry, LockResult, RequestLoad, SetAttr, Stat, StatFs,
@@ -177,11 +178,6 @@ class WorkerPool:
 
 
 # --- pinning and reopening --------------------------------------------------------------
-
-def fd_path(fd: int) -> str:
-    """``/proc/self/fd/N``: following it lands on *fd*'s own inode (see above)."""
-    return f"/proc/self/fd/{fd}"
-
 
 def open_nofollow(dirfd: int, name: str, flags: int = os.O_PATH) -> int:
     """Open entry *name* of *dirfd* itself: a final symlink is not followed."""

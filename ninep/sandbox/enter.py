@@ -6,10 +6,13 @@ import argparse
 import logging
 import os
 import time
+from functools import partial
 
 from ..backends.base import Backend
 from .caps import limit_capabilities, set_nofile_limit
+from .chroot import enter_chroot
 from .mounts import SocketFiles, enter_namespace
+from .pidns import fork_supervised
 from .seccomp import build_filter, refuse_io_uring
 
 log = logging.getLogger("ninep")
@@ -60,7 +63,10 @@ def confine(args: argparse.Namespace, backend: Backend, socket_paths: list[str])
         # Built now: libseccomp is a library the sandbox's root does not hold.
         syscall_filter = build_filter(args.seccomp) if args.seccomp != "none" else None
         if args.sandbox == "namespace":
-            enter_namespace(args.export)
+            enter_namespace(args.export, fork=partial(fork_supervised, args.seccomp)
+                            if args.pid_namespace else None)
+        elif args.sandbox == "chroot":
+            enter_chroot(args.export)
         bounding_left = limit_capabilities(capabilities_to_keep(args, backend))
         if syscall_filter is not None:
             syscall_filter.load()

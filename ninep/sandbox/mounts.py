@@ -7,23 +7,24 @@ not root) and pivots into a small tmpfs that holds, at their host paths:
 * the export (read-write, with what is mounted inside it),
 * the directories Python imports from (read-only, nosuid, nodev),
 * ``/proc/self/fd``: a bind of this process's own fd directory, because the
-  back ends reach pinned inodes through ``/proc/self/fd/N`` (fdops.fd_path).
+  back ends reach pinned inodes through ``/proc/self/fd/N`` (fdnames.fd_path).
 
 Nothing else of the host is reachable by path; the listening sockets, the
 export and guest memory all arrive as fds.  The network namespace is empty,
 so a compromised server cannot open a connection either.  A pid namespace
-is not used: the server keeps the pid its manager started it with.
+is used only with --pid-namespace (pidns.py): otherwise the server keeps
+the pid its manager started it with.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .. import syscalls as sc
 
-SANDBOX_CHOICES = ("namespace", "none")
+SANDBOX_CHOICES = ("namespace", "chroot", "none")
 _TMPFS_FLAGS = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
 #: statvfs flag -> mount flag, for the flags a read-only remount must repeat.
 _KEPT_FLAGS = ((os.ST_NOEXEC, sc.MS_NOEXEC), (os.ST_NOATIME, 1 << 10),
@@ -48,7 +49,7 @@ def runtime_dirs() -> list[str]:
         if os.path.isdir(path) and (path.startswith(stdlib) or
                                     os.path.basename(path) in ("site-packages", "dist-packages")):
             dirs.add(path)
-    outermost = []
+    outermost: list[str] = []
     for d in sorted(dirs):
         if not any(d == o or d.startswith(o.rstrip("/") + "/") for o in outermost):
             outermost.append(d)
@@ -60,7 +61,7 @@ def _write(path: str, text: str) -> None:
         f.write(text)
 
 
-def _enter_user_namespace() -> None:
+def enter_user_namespace() -> None:
     """Become root of a new user namespace in which our own ids map to themselves."""
     uid, gid = os.geteuid(), os.getegid()
     sc.unshare(sc.CLONE_NEWUSER)
@@ -81,22 +82,31 @@ def _bind(source_fd: int, new_root: str, path: str, *, readonly: bool) -> None:
                  sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | kept)
 
 
-def enter_namespace(export: str, extra_dirs: Iterable[str] = ()) -> None:
-    """Pivot into a root of the export, the runtime and /proc/self/fd (see the module doc)."""
+def enter_namespace(export: str, extra_dirs: Iterable[str] = (),
+                    fork: Callable[[], None] | None = None) -> None:
+    """Pivot into a root of the export, the runtime and /proc/self/fd (see the module doc).
+
+    With *fork* (``pidns.fork_supervised``) a pid namespace is created too, and
+    *fork* is called once the namespaces exist: it returns in the process that
+    serves, which then builds the root (with its own fd directory).
+    """
     export = os.path.realpath(export)
     if export == "/":
         raise SandboxError(0, "--sandbox namespace: the export is the whole file system; "
                            "use --sandbox none")
     # The export after the runtime, so that it is on top should it lie inside it.
     views = [(d, True) for d in (*runtime_dirs(), *extra_dirs)]
-    views += [(export, False), (f"/proc/{os.getpid()}/fd", False)]
+    views += [(export, False), ("/proc/self/fd", False)]
     try:
         if os.geteuid() != 0:
-            _enter_user_namespace()
-        sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET)
+            enter_user_namespace()
+        sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET
+                   | (sc.CLONE_NEWPID if fork is not None else 0))
     except OSError as exc:
         raise SandboxError(exc.errno, f"--sandbox namespace: cannot create namespaces "
                            f"({exc.strerror}); run with --sandbox none") from None
+    if fork is not None:
+        fork()
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     # Bind sources must be mounts of this namespace: open them only now.
     fds: list[tuple[int, str, bool]] = []
@@ -153,4 +163,5 @@ class SocketFiles:
         self._entries = []
 
 
-__all__ = ["SANDBOX_CHOICES", "SandboxError", "SocketFiles", "enter_namespace", "runtime_dirs"]
+__all__ = ["SANDBOX_CHOICES", "SandboxError", "SocketFiles", "enter_namespace",
+           "enter_user_namespace", "runtime_dirs"]

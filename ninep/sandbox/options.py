@@ -40,8 +40,8 @@ def _nofile(text: str) -> int:
 
 
 def add_confinement_options(ap: argparse.ArgumentParser) -> None:
-    """--allow-network-share, --all-squash, --translate-uid/gid, --sandbox, --seccomp,
-    --modcaps, --rlimit-nofile."""
+    """--allow-network-share, --all-squash, --translate-uid/gid, --sandbox,
+    --pid-namespace, --seccomp, --modcaps, --rlimit-nofile."""
     g = ap.add_argument_group("confinement")
     g.add_argument(ALLOW_FLAG, action="store_true",
                    help="accept a --listen tcp: address that is not loopback (an "
@@ -56,7 +56,11 @@ def add_confinement_options(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--sandbox", choices=SANDBOX_CHOICES, default=None,
                    help="namespace: the process's root holds only the export and the Python "
                         "runtime, in new mount/ipc/net namespaces (default; none for --backend "
-                        "proxy, whose helper confines itself); none: no sandbox")
+                        "proxy, whose helper confines itself); chroot: the root is the export "
+                        "(lighter, weaker: no namespaces); none: no sandbox")
+    g.add_argument("--pid-namespace", action="store_true",
+                   help="with --sandbox namespace: serve as pid 1 of a new pid namespace, "
+                        "under a supervisor process that holds nothing (default: off)")
     g.add_argument("--seccomp", choices=SECCOMP_CHOICES, default="kill",
                    help="allow-list of system calls: kill ends the process on any other call, "
                         "log only logs it (kernel audit log), none: no filter")
@@ -71,13 +75,15 @@ def resolve_confinement(args: argparse.Namespace) -> None:
     """Check the group against the rest of the command line (ValueError names the option);
     sets ``args.exposed`` (listeners to warn about) and ``args.sandbox`` (its default)."""
     args.exposed = check_exposure(args.listen, args.allow_network_share)
-    if args.sandbox == "namespace" and args.backend == "proxy":
-        raise ValueError("--sandbox namespace: the proxy back end's helper does the "
+    if args.sandbox in ("namespace", "chroot") and args.backend == "proxy":
+        raise ValueError(f"--sandbox {args.sandbox}: the proxy back end's helper does the "
                          "confining; use --sandbox none")
     if args.sandbox is None:
         # The proxy back end reaches its helper by a socket path, and the
         # helper confines the export itself.
         args.sandbox = "none" if args.backend == "proxy" else "namespace"
+    if args.pid_namespace and args.sandbox != "namespace":
+        raise ValueError(f"--pid-namespace needs --sandbox namespace, not {args.sandbox}")
 
 
 def id_translation(args: argparse.Namespace) -> IdTranslation | None:

@@ -32,6 +32,23 @@ async def wait_for_path(proc: asyncio.subprocess.Process, path: Path) -> None:
     raise AssertionError(f"the server never listened at {path} (exit status {proc.returncode})")
 
 
+def serving_pid(pid: int) -> int:
+    """The process that serves, for a server started as *pid*: *pid* itself,
+    or, under ``--pid-namespace``, its only child, pid 1 of a namespace of its
+    own (*pid* is then the supervisor, which holds nothing)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return pid
+    if len(children) == 1:
+        status = Path(f"/proc/{children[0]}/status").read_text()
+        nspid = next((line.split()[1:] for line in status.splitlines()
+                      if line.startswith("NSpid:")), [])
+        if len(nspid) == 2 and nspid[-1] == "1":
+            return int(children[0])
+    return pid
+
+
 def open_fds(pid: int) -> list[str]:
     """What the process's open fds point at (``/proc/PID/fd`` link targets), sorted:
     a leak then names itself, not just a count."""

@@ -14,7 +14,7 @@ import ipaddress
 import logging
 from collections.abc import Callable
 
-from .stream import ListenAddress, _listening_unix_socket, _remove_stale_socket
+from .stream import ListenAddress, _listening_unix_socket, _remove_stale_socket, start_serving_now
 
 log = logging.getLogger("ninep.metrics")
 
@@ -57,15 +57,22 @@ class MetricsServer:
         self._server: asyncio.AbstractServer | None = None
         self._unix_path: str | None = None
 
-    async def start(self, address: ListenAddress) -> None:
+    async def start(self, address: ListenAddress, *, serving: bool = True) -> None:
+        """Listen on *address*; with ``serving=False``, accept only from :meth:`start_serving`."""
         if address.kind == "unix":
             sock = _listening_unix_socket(address.path)
             self._server = await asyncio.start_unix_server(self._serve, sock=sock,
-                                                           limit=_REQUEST_LIMIT)
+                                                           limit=_REQUEST_LIMIT,
+                                                           start_serving=serving)
             self._unix_path = address.path
         else:
             self._server = await asyncio.start_server(self._serve, address.host, address.port,
-                                                      limit=_REQUEST_LIMIT)
+                                                      limit=_REQUEST_LIMIT, start_serving=serving)
+
+    def start_serving(self) -> None:
+        """Accept from the loop's next pass on (after ``start(serving=False)``)."""
+        if self._server is not None:
+            start_serving_now(self._server)
 
     @property
     def port(self) -> int | None:

@@ -256,6 +256,8 @@ class StreamServer:
         self._streams: set[StreamConnection] = set()
         self._unix_path: str | None = None
         self._closing = False
+        #: An inherited connected socket, served from serve_forever() (``serving=False``).
+        self._unserved: socket.socket | None = None
 
     def _connection(self) -> StreamConnection:
         """Protocol factory: a new connection with its own Session."""
@@ -272,14 +274,20 @@ class StreamServer:
         self._streams.discard(conn)
         self._connections.discard(conn.done)
 
-    async def start(self, address: ListenAddress) -> None:
+    async def start(self, address: ListenAddress, *, serving: bool = True) -> None:
+        """Listen on *address*.  With ``serving=False`` the socket is bound and
+        listening but nothing is accepted until :meth:`start_serving`, nor an
+        inherited connection read until :meth:`serve_forever`: the CLI
+        confines the process in between."""
         loop = asyncio.get_running_loop()
         if address.kind == "unix":
             sock = _listening_unix_socket(address.path)
-            self._server = await loop.create_unix_server(self._connection, sock=sock)
+            self._server = await loop.create_unix_server(self._connection, sock=sock,
+                                                         start_serving=serving)
             self._unix_path = address.path
         elif address.kind == "tcp":
-            self._server = await loop.create_server(self._connection, address.host, address.port)
+            self._server = await loop.create_server(self._connection, address.host, address.port,
+                                                    start_serving=serving)
         else:
             sock = socket.socket(fileno=address.fd)
             if sock.type != socket.SOCK_STREAM:
@@ -290,10 +298,18 @@ class StreamServer:
                 connected = True
             except OSError:
                 connected = False
-            if connected:
+            if not connected:
+                self._server = await loop.create_server(self._connection, sock=sock,
+                                                        start_serving=serving)
+            elif serving:
                 await loop.connect_accepted_socket(self._connection, sock)
             else:
-                self._server = await loop.create_server(self._connection, sock=sock)
+                self._unserved = sock
+
+    def start_serving(self) -> None:
+        """Accept from the loop's next pass on (after ``start(serving=False)``)."""
+        if self._server is not None:
+            start_serving_now(self._server)
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -306,6 +322,9 @@ class StreamServer:
         return [conn.session for conn in self._streams]
 
     async def serve_forever(self) -> None:
+        if self._unserved is not None:
+            sock, self._unserved = self._unserved, None
+            await asyncio.get_running_loop().connect_accepted_socket(self._connection, sock)
         if self._server is not None:
             await self._server.serve_forever()
         else:
@@ -323,6 +342,9 @@ class StreamServer:
     async def close(self) -> None:
         """Stop listening, end every connection, remove our Unix socket."""
         self._closing = True
+        if self._unserved is not None:
+            self._unserved.close()
+            self._unserved = None
         if self._server is not None:
             self._server.close()
         # Closing (not cancelling) lets each session finish and release its fids.
@@ -334,6 +356,22 @@ class StreamServer:
         if self._unix_path is not None:
             _remove_stale_socket(self._unix_path)
             self._unix_path = None
+
+
+def start_serving_now(server: asyncio.AbstractServer) -> None:
+    """``server.start_serving()`` without letting the loop run.
+
+    Starting calls listen(2) again, so it must precede the seccomp filter,
+    while the first accept must follow confinement: asyncio's start_serving
+    then skips a loop pass, in which a waiting connection would be accepted,
+    so the coroutine is run to that pause only (uvloop's never pauses).
+    """
+    starting = server.start_serving()
+    try:
+        starting.send(None)
+    except StopIteration:
+        return
+    starting.close()
 
 
 def _listening_unix_socket(path: str) -> socket.socket:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ninep.testing.process import stop_process
+from ninep.testing.process import serving_pid, stop_process
 from tests.e2e.guest import FdSocketShare, GuestError, Share, VhostUserShare, vhost_qemu, wait_for_listener
 
 DIOD = "diod"
@@ -164,13 +164,25 @@ class NinepServer:
             stdin=subprocess.DEVNULL, stdout=self._logf, stderr=subprocess.STDOUT)
         try:
             wait_for_listener(self.sock, proc=self.proc, probe=False)
+            if "--log-level" not in extra:
+                self._wait_until_serving()
         except GuestError as e:
             self.stop()
             raise GuestError(f"{e}\n--- ninep log ---\n{self.output()}") from None
 
+    def _wait_until_serving(self, timeout: float = 60) -> None:
+        """Until ninep logs "serving": its socket appears before the process is
+        confined (and, with --pid-namespace, before the serving process exists)."""
+        deadline = time.monotonic() + timeout
+        while "INFO serving " not in self.output():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise GuestError("ninep never logged that it serves")
+            time.sleep(0.05)
+
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        """The serving process (not a --pid-namespace supervisor)."""
+        return serving_pid(self.proc.pid)
 
     def share(self, **kwargs: str) -> Share:
         """The share a guest mounts to reach this server (``mount_opts=...``)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from ninep.testing.process import serving_pid
 from tests.e2e.guest import SMOKE_GROUPS, FdSocketShare, GuestImage, run_smoke, wait_for_listener
 from tests.e2e.servers import stop
 from tests.sandbox.conftest import NORMAL_UID, as_normal_user
@@ -54,7 +55,7 @@ def test_smoke_passes_when_a_normal_user_serves(e2e_image: GuestImage,
     try:
         wait_for_listener(sock, proc=proc, probe=False)
         res = run_smoke(FdSocketShare(sock), nfiles=500, image=e2e_image, timeout=1500)
-        status = Path(f"/proc/{proc.pid}/status").read_text()
+        status = Path(f"/proc/{serving_pid(proc.pid)}/status").read_text()
     finally:
         stop(proc)
     output = log.read_text(errors="replace")

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncContextManager
 
 import pytest
 
 from ninep import syscalls as sc
+from ninep.testing.process import serving_pid
 
 NINEP = [sys.executable, "-m", "ninep"]
 
@@ -24,9 +26,14 @@ class Running:
     proc: asyncio.subprocess.Process
     socket: str
 
+    @property
+    def pid(self) -> int:
+        """The serving process (not a --pid-namespace supervisor)."""
+        return serving_pid(self.proc.pid)
+
     def status(self) -> dict[str, str]:
         """/proc/PID/status of the server, as {field: value}."""
-        text = Path(f"/proc/{self.proc.pid}/status").read_text()
+        text = Path(f"/proc/{self.pid}/status").read_text()
         return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
 
 
@@ -34,7 +41,7 @@ def status_mask(value: str) -> int:
     return int(value.strip(), 16)
 
 
-StartServer = Callable[..., AsyncContextManager[Running]]
+StartServer = Callable[..., AbstractAsyncContextManager[Running]]
 
 
 @pytest.fixture
@@ -75,6 +82,16 @@ def start_server(export: Path, sockdir: Path) -> StartServer:
 
 
 NORMAL_UID = 65534
+
+
+@pytest.fixture
+def normal_user_export() -> Iterator[Path]:
+    """An export the normal user can reach too (pytest's tmp_path is root's, mode 0700)."""
+    top = Path(tempfile.mkdtemp(prefix="ninep-user-", dir="/tmp"))
+    top.chmod(0o755)
+    (top / "export").mkdir()
+    yield top / "export"
+    shutil.rmtree(top, ignore_errors=True)
 
 
 def as_normal_user() -> None:

@@ -73,7 +73,7 @@ async def test_passthrough_still_gives_new_files_to_the_guest_user(
 
 async def test_rlimit_nofile_reaches_the_server(start_server: StartServer) -> None:
     async with start_server("--rlimit-nofile", "300") as running:
-        limits = Path(f"/proc/{running.proc.pid}/limits").read_text()
+        limits = Path(f"/proc/{running.pid}/limits").read_text()
     line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
     assert line.split()[3:5] == ["300", "300"], line
 

@@ -29,7 +29,7 @@ async def test_the_server_sees_only_the_export_the_runtime_and_its_fds(
     (export / "inside").write_text("shared")
     (tmp_path / "beside").write_text("host only")
     async with start_server() as running:
-        pid = running.proc.pid
+        pid = running.pid
         mounts = dict(_mounts(pid))
         root = Path(f"/proc/{pid}/root")
         assert (root / str(export).lstrip("/") / "inside").read_text() == "shared"
@@ -54,15 +54,15 @@ async def test_the_server_sees_only_the_export_the_runtime_and_its_fds(
 @root_only
 async def test_the_sandbox_has_its_own_network_namespace(start_server: StartServer) -> None:
     async with start_server() as running:
-        ours = os.readlink(f"/proc/{running.proc.pid}/ns/net")
-        mnt = os.readlink(f"/proc/{running.proc.pid}/ns/mnt")
+        ours = os.readlink(f"/proc/{running.pid}/ns/net")
+        mnt = os.readlink(f"/proc/{running.pid}/ns/mnt")
     assert ours != os.readlink("/proc/self/ns/net")
     assert mnt != os.readlink("/proc/self/ns/mnt")
 
 
 async def test_sandbox_none_leaves_the_host_in_view(start_server: StartServer) -> None:
     async with start_server("--sandbox", "none") as running:
-        mounts = dict(_mounts(running.proc.pid))
+        mounts = dict(_mounts(running.pid))
     assert "/proc" in mounts
 
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,13 +16,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become 
 
 
 @pytest.fixture
-def export() -> Iterator[Path]:
-    """An export the normal user can reach (pytest's own tmp_path is root's, mode 0700)."""
-    top = Path(tempfile.mkdtemp(prefix="ninep-user-", dir="/tmp"))
-    top.chmod(0o755)
-    (top / "export").mkdir()
-    yield top / "export"
-    shutil.rmtree(top, ignore_errors=True)
+def export(normal_user_export: Path) -> Path:
+    return normal_user_export
 
 
 async def _xattr_set(client: Client, fid: int, name: str, value: bytes) -> None:
@@ -48,7 +40,7 @@ async def test_a_normal_user_serves_with_xattrs_locks_and_owners(
         start_server: StartServer, export: Path, model: str) -> None:
     async with start_server("--security-model", model, normal_user=True) as running:
         status = running.status()
-        pid = running.proc.pid
+        pid = running.pid
         user_ns = os.readlink(f"/proc/{pid}/ns/user")
         mounts = Path(f"/proc/{pid}/mountinfo").read_text()
         async with await Client.connect_unix(running.socket, msize=8192) as client:

@@ -34,9 +34,10 @@ from typing import Any
 
 import pytest
 
-from ninep.testing.process import stop_process
+from ninep.testing.process import serving_pid, stop_process
 from ninep.backends.local import LocalBackend
 from ninep.client import Client
+from ninep.protocol import ninep as p
 from ninep.server.session import SessionConfig
 from ninep.transport.base import BufferSink
 from ninep.transport.stream import ListenAddress, StreamServer
@@ -427,7 +428,8 @@ class ServerProcess:
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        """The serving process (not a --pid-namespace supervisor)."""
+        return serving_pid(self.proc.pid)
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -436,7 +438,12 @@ class ServerProcess:
                 raise RuntimeError(f"ninep exited with {self.proc.returncode}: {self.log()}")
             with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
                 s.connect(self.socket_path)
-                return
+                # Answered only once the process is confined (and, with
+                # --pid-namespace, once the serving process exists).
+                s.sendall(p.encode(p.Tversion(8192, "9P2000.L"), p.NOTAG))
+                s.settimeout(max(0.1, deadline - time.monotonic()))
+                if s.recv(7):
+                    return
             time.sleep(0.05)
         raise RuntimeError(f"ninep did not start listening: {self.log()}")
 

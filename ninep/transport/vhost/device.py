@@ -25,6 +25,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 
+from ...fdnames import fd_path
 from .channel import ConnectionDropped, VhostUserChannel
 from .memory import GuestMemory, GuestMemoryError
 from .messages import (FLAG_VERSION, FLAG_VERSION_MASK, MAX_CONFIG_SIZE, PROTOCOL_F_CONFIG,
@@ -44,7 +45,7 @@ _Handler = Callable[[Message], "bytes | None | Awaitable[bytes | None]"]
 def fd_kind(fd: int) -> str:
     """What an fd refers to, as /proc names it ("anon_inode:[eventfd]", "pipe:[…]", a path)."""
     try:
-        return os.readlink(f"/proc/self/fd/{fd}")
+        return os.readlink(fd_path(fd))
     except OSError as exc:
         return f"unknown ({exc.strerror})"
 
