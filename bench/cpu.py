@@ -8,11 +8,17 @@ import threading
 import time
 from pathlib import Path
 
+from ninep.testing.process import serving_pid
+
 
 def process_cpu_seconds(pid: int | None) -> float | None:
-    """CPU seconds of every thread of *pid* so far (schedstat, ns precision); None if gone."""
+    """CPU seconds of every thread of *pid* so far (schedstat, ns precision); None if gone.
+
+    For a server started with a pid namespace (ninep's default sandbox),
+    *pid* is the supervisor: the serving process is counted instead."""
     if pid is None:
         return None
+    pid = serving_pid(pid)
     total = 0
     try:
         tasks = os.listdir(f"/proc/{pid}/task")

@@ -12,8 +12,8 @@ not root) and pivots into a small tmpfs that holds, at their host paths:
 Nothing else of the host is reachable by path; the listening sockets, the
 export and guest memory all arrive as fds.  The network namespace is empty,
 so a compromised server cannot open a connection either.  A pid namespace
-is used only with --pid-namespace (pidns.py): otherwise the server keeps
-the pid its manager started it with.
+comes too unless --no-pid-namespace (pidns.py: the server then serves as pid 1
+under a supervisor; without one it keeps the pid its manager started).
 """
 
 from __future__ import annotations

@@ -58,9 +58,10 @@ def add_confinement_options(ap: argparse.ArgumentParser) -> None:
                         "runtime, in new mount/ipc/net namespaces (default; none for --backend "
                         "proxy, whose helper confines itself); chroot: the root is the export "
                         "(lighter, weaker: no namespaces); none: no sandbox")
-    g.add_argument("--pid-namespace", action="store_true",
+    g.add_argument("--pid-namespace", action=argparse.BooleanOptionalAction, default=None,
                    help="with --sandbox namespace: serve as pid 1 of a new pid namespace, "
-                        "under a supervisor process that holds nothing (default: off)")
+                        "under a supervisor process that holds nothing (default: on with "
+                        "--sandbox namespace)")
     g.add_argument("--seccomp", choices=SECCOMP_CHOICES, default="kill",
                    help="allow-list of system calls: kill ends the process on any other call, "
                         "log only logs it (kernel audit log), none: no filter")
@@ -73,7 +74,8 @@ def add_confinement_options(ap: argparse.ArgumentParser) -> None:
 
 def resolve_confinement(args: argparse.Namespace) -> None:
     """Check the group against the rest of the command line (ValueError names the option);
-    sets ``args.exposed`` (listeners to warn about) and ``args.sandbox`` (its default)."""
+    sets ``args.exposed`` (listeners to warn about), ``args.sandbox`` and
+    ``args.pid_namespace`` (their defaults)."""
     args.exposed = check_exposure(args.listen, args.allow_network_share)
     if args.sandbox in ("namespace", "chroot") and args.backend == "proxy":
         raise ValueError(f"--sandbox {args.sandbox}: the proxy back end's helper does the "
@@ -82,7 +84,9 @@ def resolve_confinement(args: argparse.Namespace) -> None:
         # The proxy back end reaches its helper by a socket path, and the
         # helper confines the export itself.
         args.sandbox = "none" if args.backend == "proxy" else "namespace"
-    if args.pid_namespace and args.sandbox != "namespace":
+    if args.pid_namespace is None:
+        args.pid_namespace = args.sandbox == "namespace"
+    elif args.pid_namespace and args.sandbox != "namespace":
         raise ValueError(f"--pid-namespace needs --sandbox namespace, not {args.sandbox}")
 
 

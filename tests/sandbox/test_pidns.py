@@ -83,10 +83,20 @@ async def test_the_supervisor_exits_with_the_servers_status(start_server: StartS
         assert await asyncio.wait_for(running.proc.wait(), 30) == -signal.SIGKILL
 
 
+@pytest.mark.parametrize("options", [("--sandbox", "none"), ("--sandbox", "chroot"),
+                                     ("--no-pid-namespace",)], ids=["none", "chroot", "opted-out"])
 async def test_without_a_pid_namespace_the_serving_pid_is_the_server(
-        start_server: StartServer) -> None:
-    async with start_server("--sandbox", "none") as running:
+        start_server: StartServer, options: tuple[str, ...]) -> None:
+    async with start_server(*options) as running:
         assert serving_pid(running.proc.pid) == running.proc.pid
+
+
+@root_only
+async def test_the_namespace_sandbox_has_a_pid_namespace_by_default(
+        start_server: StartServer) -> None:
+    async with start_server() as running:
+        assert running.pid != running.proc.pid
+        assert running.status()["NSpid"].split()[-1] == "1"
 
 
 @pytest.mark.parametrize("sandbox", ["chroot", "none"])
