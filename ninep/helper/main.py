@@ -257,7 +257,10 @@ def enter_export(path: str) -> Export:
 
 def run(o: Options, log: Logger) -> int:
     close_stray_fds({o.fd} if o.fd is not None else set())
-    listener = make_listener(o.socket, o.uid, o.gid) if o.socket is not None else None
+    listener = None
+    if o.socket is not None:
+        assert o.uid is not None and o.gid is not None  # parse_options insists on -u and -g
+        listener = make_listener(o.socket, o.uid, o.gid)
     if o.daemon:
         daemonize()
         log.use_syslog()

@@ -41,7 +41,7 @@ import socket
 import stat
 import threading
 from contextlib import contextmanager
-from typing import Callable
+from collections.abc import Callable
 
 from ninep import syscalls
 from ninep.protocol import proxy as P
@@ -183,7 +183,7 @@ class Export:
                 fd = self.openat2(path, flags, mode)
                 if _is_device(os.fstat(fd).st_mode):
                     os.close(fd)
-                    raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+                    raise OSError(errno.EACCES, os.strerror(errno.EACCES)) from None
                 return fd
             try:
                 if flags & os.O_CREAT and flags & os.O_EXCL:

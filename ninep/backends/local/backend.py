@@ -232,7 +232,8 @@ class LocalBackend(fdops.OpenFdOps, Backend):
     def _open(self, node: LocalNode, flags: int) -> tuple[Qid, int]:
         # Pin the inode without side effects, then reopen that very inode
         # (special files refused: CVE-2023-2861).
-        fd = self._at(node, lambda d, n: fdops.with_pinned(d, n, lambda pfd: fdops.reopen(pfd, flags)))
+        fd = self._at(node, lambda d, n: fdops.with_pinned(
+            d, n, lambda pfd: fdops.reopen(pfd, flags)))
         return self._adopt_open(node, fd, self.model.fstat(fd)), 0
 
     async def create(self, node: LocalNode, name: str, flags: int, mode: int,
@@ -292,7 +293,8 @@ class LocalBackend(fdops.OpenFdOps, Backend):
         finally:
             self._nodes.discard(parent)
 
-    async def renameat(self, olddir: LocalNode, oldname: str, newdir: LocalNode, newname: str) -> None:
+    async def renameat(self, olddir: LocalNode, oldname: str, newdir: LocalNode,
+                       newname: str) -> None:
         await self._run(self._renameat, olddir, oldname, newdir, newname)
 
     def _renameat(self, olddir: LocalNode, oldname: str, newdir: LocalNode, newname: str) -> None:

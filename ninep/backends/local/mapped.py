@@ -54,7 +54,8 @@ class Meta(NamedTuple):
 
     def merged_into(self, old: Meta) -> Meta:
         """*old* with this one's set fields written over it."""
-        return Meta(*(old_v if new_v is None else new_v for new_v, old_v in zip(self, old)))
+        return Meta(*(old_v if new_v is None else new_v
+                      for new_v, old_v in zip(self, old, strict=True)))
 
     def over(self, st: os.stat_result) -> Stat:
         """The host stat with the stored fields in place of the host's."""
@@ -258,7 +259,7 @@ class MappedXattrModel(MappedModel):
 
     def save(self, dirfd: int, name: str, fd: int, meta: Meta, fresh: bool) -> None:
         path = proc_path(fd)
-        for (field, key, enc), value in zip(_XATTR_FIELDS, meta):
+        for (_, key, enc), value in zip(_XATTR_FIELDS, meta, strict=True):
             if value is not None:
                 os.setxattr(path, key, enc.pack(value & ((1 << 8 * enc.size) - 1)))
 
@@ -271,7 +272,8 @@ class MappedXattrModel(MappedModel):
             raw = os.getxattr(proc_path(fd), _MODE_XATTR)
         except OSError:
             return True  # none stored: the host mode stands, so look closer
-        return len(raw) != _MODE_FORMAT.size or bool(setid_bits_to_clear(_MODE_FORMAT.unpack(raw)[0]))
+        return (len(raw) != _MODE_FORMAT.size
+                or bool(setid_bits_to_clear(_MODE_FORMAT.unpack(raw)[0])))
 
     # -- the guest's xattrs ---------------------------------------------------------
     @staticmethod
@@ -336,7 +338,7 @@ def parse_metadata(data: bytes) -> Meta:
 
 def format_metadata(meta: Meta) -> bytes:
     return b"".join(b"%s=%d\n" % (key, _c_int(value))
-                    for (_, key), value in zip(_FILE_KEYS, meta) if value is not None)
+                    for (_, key), value in zip(_FILE_KEYS, meta, strict=True) if value is not None)
 
 
 class MappedFileModel(MappedModel):

@@ -157,13 +157,13 @@ class SecurityModel(ABC):
         self.on_unlink(dirfd, name, is_dir)
 
     # -- keeping side data in step (mapped-file) -------------------------------
-    def on_rename(self, olddirfd: int, oldname: str, newdirfd: int, newname: str) -> None:
+    def on_rename(self, olddirfd: int, oldname: str, newdirfd: int, newname: str) -> None:  # noqa: B027 - a hook
         """Called after a successful rename."""
 
-    def on_link(self, olddirfd: int, oldname: str, newdirfd: int, newname: str) -> None:
+    def on_link(self, olddirfd: int, oldname: str, newdirfd: int, newname: str) -> None:  # noqa: B027 - a hook
         """Called after a successful hard link."""
 
-    def on_unlink(self, dirfd: int, name: str, is_dir: bool) -> None:
+    def on_unlink(self, dirfd: int, name: str, is_dir: bool) -> None:  # noqa: B027 - a hook
         """Called after a successful unlink/rmdir."""
 
 
@@ -216,7 +216,8 @@ class PassthroughModel(SecurityModel):
     @staticmethod
     def _undo(dirfd: int, name: str, fd: int | None) -> None:
         try:
-            if fd is None and st_.S_ISDIR(os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode):
+            if fd is None and st_.S_ISDIR(
+                    os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode):
                 os.rmdir(name, dir_fd=dirfd)
             else:
                 os.unlink(name, dir_fd=dirfd)
@@ -280,7 +281,8 @@ class NoneModel(PassthroughModel):
 def make_model(name: str, fmode: int | None = None, dmode: int | None = None) -> SecurityModel:
     """The model for a ``--security-model`` value; ValueError names the option."""
     if name not in MODEL_CHOICES:
-        raise ValueError(f"--security-model must be one of {', '.join(MODEL_CHOICES)}, not {name!r}")
+        raise ValueError(f"--security-model must be one of {', '.join(MODEL_CHOICES)}, "
+                         f"not {name!r}")
     if name in ("passthrough", "none"):
         if fmode is not None or dmode is not None:
             which = "--fmode" if fmode is not None else "--dmode"
