@@ -175,7 +175,7 @@ def array(item: Wire) -> Wire:
     return Wire(cs.PrefixedArray(cs.Int16ul, item.subcon), decode=decode, encode=encode)
 
 
-# --- the integer wire types ----------------------------------------------------------------
+# --- the wire types ------------------------------------------------------------------------
 
 U8 = Annotated[int, Wire(cs.Int8ul, "B")]
 U16 = Annotated[int, Wire(cs.Int16ul, "H")]

@@ -11,7 +11,12 @@ against :class:`DirU` for the stat).
 
 A stat goes on the wire as ``size[2]`` + its fields; Rstat and Twstat wrap it
 in a further ``n[2]`` (so it appears twice, as Linux and Plan 9 send it), and
-a directory read returns whole stats back to back.
+a directory read returns whole stats back to back.  A stat field is the wire
+type :data:`Stat` / :data:`StatU` (this module's struct codec of a stat).
+
+The messages are declared as the .L ones are (:class:`ninep.protocol.ninep.Message`,
+:mod:`ninep.protocol.codec`), with ``table=None``: :data:`DOTU` and
+:data:`PLAIN` list the classes of each dialect.
 """
 
 from __future__ import annotations
