@@ -90,7 +90,8 @@ class Client:
                 head = await self.reader.readexactly(4)
                 (size,) = _SIZE.unpack(head)
                 if not p.HEADER_SIZE <= size <= max(self.msize, 8192):
-                    raise p.ProtocolError(f"server sent a frame of size {size} (msize {self.msize})")
+                    raise p.ProtocolError(f"server sent a frame of size {size} "
+                                          f"(msize {self.msize})")
                 frame = head + await self.reader.readexactly(size - 4)
                 tag, msg = self.messages.decode(frame)
                 fut = self._pending.pop(tag, None)
@@ -215,7 +216,7 @@ class Client:
         return await self.rpc(p.Tgetattr(fid, mask))
 
     async def readdir_all(self, fid: int, count: int = 8192) -> list[tuple[p.Qid, int, int, str]]:
-        entries = []
+        entries: list[tuple[p.Qid, int, int, str]] = []
         offset = 0
         while True:
             data = (await self.rpc(p.Treaddir(fid, offset, count))).data

@@ -24,7 +24,8 @@ _DRIVER_KEYS = {
     "proxy": frozenset({"fsdriver", "id", "readonly", "socket", "sock_fd", "writeout"}),
 }
 _SECURITY_MODELS = ("passthrough", "mapped", "mapped-xattr", "mapped-file", "none")
-_SECURITY_MODEL_HINT = "Valid options are: security_model=[passthrough|mapped-xattr|mapped-file|none]"
+_SECURITY_MODEL_HINT = ("Valid options are: "
+                        "security_model=[passthrough|mapped-xattr|mapped-file|none]")
 _MULTIDEVS = ("remap", "forbid", "warn")
 _MULTIDEVS_HINT = "Valid options are: multidevs=[remap|forbid|warn]"
 _TRUE = ("on", "yes", "true", "y")

@@ -104,7 +104,8 @@ def parse(text: str, taken: float | None = None) -> Snapshot:
     return Snapshot(dict(ops), errors, plain.get("ninep_read_bytes_total", 0),
                     plain.get("ninep_written_bytes_total", 0),
                     [(s, v[0], v[1]) for s, v in sessions.items()],
-                    plain.get("ninep_requests_in_flight", 0), plain.get("ninep_start_time_seconds", 0),
+                    plain.get("ninep_requests_in_flight", 0),
+                    plain.get("ninep_start_time_seconds", 0),
                     int(plain.get("ninep_pid", 0)), time.time() if taken is None else taken)
 
 
@@ -191,11 +192,13 @@ def render(now: Snapshot, before: Snapshot | None, where: str) -> str:
         count = f"{op.requests / interval:.1f}" if before is not None and interval > 0 \
             else f"{op.requests:.0f}"
         lines.append(f"{name:<12}{count:>10}{op.errors:>9.0f}"
-                     + "".join(f"{_duration(quantile(q, op.buckets)):>10}" for q in (0.5, 0.9, 0.99)))
+                     + "".join(f"{_duration(quantile(q, op.buckets)):>10}"
+                               for q in (0.5, 0.9, 0.99)))
     if now.errors:
         lines.append("")
         lines.append("errors (total): " + ", ".join(
-            f"{op} {err} {n:.0f}" for (op, err), n in sorted(now.errors.items(), key=lambda e: -e[1])))
+            f"{op} {err} {n:.0f}"
+            for (op, err), n in sorted(now.errors.items(), key=lambda e: -e[1])))
     if now.sessions:
         lines.append("")
         lines.append(f"{'session':<10}{'fids':>8}{'in flight':>11}")

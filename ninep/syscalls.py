@@ -63,7 +63,8 @@ class _OpenHow(ctypes.Structure):
 
 def openat2(dirfd: int, path: str | bytes, flags: int, mode: int = 0, resolve: int = 0) -> int:
     """openat2(2): open *path* below *dirfd* with RESOLVE_* restrictions."""
-    how = _OpenHow(flags, mode if flags & (os.O_CREAT | getattr(os, "O_TMPFILE", 0)) else 0, resolve)
+    creates = flags & (os.O_CREAT | getattr(os, "O_TMPFILE", 0))
+    how = _OpenHow(flags, mode if creates else 0, resolve)
     raw = os.fsencode(path)
     return _check(_syscall(_nr("openat2"), ctypes.c_int(dirfd), ctypes.c_char_p(raw),
                            ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))))
@@ -88,9 +89,12 @@ RENAME_EXCHANGE = 2
 RENAME_WHITEOUT = 4
 
 
-def renameat2(olddirfd: int, old: str | bytes, newdirfd: int, new: str | bytes, flags: int = 0) -> None:
-    _check(_syscall(_nr("renameat2"), ctypes.c_int(olddirfd), ctypes.c_char_p(os.fsencode(old)),
-                    ctypes.c_int(newdirfd), ctypes.c_char_p(os.fsencode(new)), ctypes.c_uint(flags)))
+def renameat2(olddirfd: int, old: str | bytes, newdirfd: int, new: str | bytes,
+              flags: int = 0) -> None:
+    _check(_syscall(_nr("renameat2"),
+                    ctypes.c_int(olddirfd), ctypes.c_char_p(os.fsencode(old)),
+                    ctypes.c_int(newdirfd), ctypes.c_char_p(os.fsencode(new)),
+                    ctypes.c_uint(flags)))
 
 
 # --- getdents64 ----------------------------------------------------------------
@@ -212,7 +216,8 @@ def open_by_handle_at(mount_fd: int, handle_type: int, handle: bytes, flags: int
         raise OSError(errno.EINVAL, "file handle too long")
     fh = _FileHandle(len(handle), handle_type)
     ctypes.memmove(fh.f_handle, handle, len(handle))
-    return _check(_libc.open_by_handle_at(ctypes.c_int(mount_fd), ctypes.byref(fh), ctypes.c_int(flags)))
+    return _check(_libc.open_by_handle_at(ctypes.c_int(mount_fd), ctypes.byref(fh),
+                                          ctypes.c_int(flags)))
 
 
 # --- utimensat --------------------------------------------------------------------

@@ -5,8 +5,9 @@ operation re-opens that handle with ``open_by_handle_at(2)`` against a
 non-``O_PATH`` fd on the file's mount (the export root for the export's own
 mount).  A handle names an inode, not a path, so a file the host renames or
 moves keeps working through every fid that holds it, and the back end keeps
-no paths (only each node's last-seen name, as a re-checked hint).  That needs ``CAP_DAC_READ_SEARCH`` and a file system that
-can encode and decode handles; the constructor checks both.
+no paths (only each node's last-seen name, as a re-checked hint).  That needs
+``CAP_DAC_READ_SEARCH`` and a file system that can encode and decode handles;
+the constructor checks both.
 
 Semantics are the local back end's with the passthrough model (which this
 back end uses for ownership of new files), and the fd-level work is shared

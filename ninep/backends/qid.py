@@ -28,7 +28,8 @@ class QidMapper:
 
     def __init__(self, root_dev: int, mode: str = "warn") -> None:
         if mode not in MULTIDEVS_CHOICES:
-            raise ValueError(f"--multidevs must be one of {', '.join(MULTIDEVS_CHOICES)}, not {mode!r}")
+            raise ValueError(f"--multidevs must be one of {', '.join(MULTIDEVS_CHOICES)}, "
+                             f"not {mode!r}")
         self.root_dev = root_dev
         self.mode = mode
         self._prefixes: dict[tuple[int, int], int] = {(root_dev, 0): 0}

@@ -11,7 +11,12 @@ against :class:`DirU` for the stat).
 
 A stat goes on the wire as ``size[2]`` + its fields; Rstat and Twstat wrap it
 in a further ``n[2]`` (so it appears twice, as Linux and Plan 9 send it), and
-a directory read returns whole stats back to back.
+a directory read returns whole stats back to back.  A stat field is the wire
+type :data:`Stat` / :data:`StatU` (this module's struct codec of a stat).
+
+The messages are declared as the .L ones are (:class:`ninep.protocol.ninep.Message`,
+:mod:`ninep.protocol.codec`), with ``table=None``: :data:`DOTU` and
+:data:`PLAIN` list the classes of each dialect.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ from __future__ import annotations
 import errno as _errno
 import os
 import struct
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import construct as cs
 
+from . import codec
 from . import ninep as p
-from .ninep import QidFormat, Qid, String, message, u8, u16, u32, u64
+from .codec import U8, U32, Str
+from .ninep import Qid, QidField, QidFormat, String, u16, u32, u64
 
 VERSION_9P2000U = "9P2000.u"
 VERSION_9P2000 = "9P2000"
@@ -78,9 +85,24 @@ class Dir(NamedTuple):
     muid: str
 
 
-#: A 9P2000.u stat: :class:`Dir`'s fields, then the extension and numeric ids.
-DirU = NamedTuple("DirU", [*Dir.__annotations__.items(), ("extension", str), ("n_uid", int),
-                           ("n_gid", int), ("n_muid", int)])
+class DirU(NamedTuple):
+    """A 9P2000.u stat: :class:`Dir`'s fields, then the extension and numeric ids."""
+
+    type: int
+    dev: int
+    qid: Qid
+    mode: int
+    atime: int
+    mtime: int
+    length: int
+    name: str
+    uid: str
+    gid: str
+    muid: str
+    extension: str
+    n_uid: int
+    n_gid: int
+    n_muid: int
 
 
 #: Twstat stats that change nothing (what Linux starts from: p9stat_init).
@@ -95,7 +117,7 @@ _DIRU_FIELDS = _DIR_FIELDS + ("extension" / String, "n_uid" / u32, "n_gid" / u32
                               "n_muid" / u32)
 
 
-def _stat_format(cls: type, fields: tuple[Any, ...]) -> Any:
+def _stat_format(cls: type[Dir] | type[DirU], fields: tuple[Any, ...]) -> Any:
     """size[2] + *fields*, exactly filling the size (construct reference codec)."""
     return cs.ExprAdapter(cs.Prefixed(u16, cs.Struct(*fields, cs.Terminated)),
                           lambda obj, ctx: cls(*[obj[name] for name in cls._fields]),
@@ -111,7 +133,8 @@ StatDirU = cs.Prefixed(u16, DirUFormat)
 
 # --- the struct codec of a stat (the server's and client's path) -------------------------
 
-_DIR_HEAD = struct.Struct("<HHIBIQIIIQ")  # size type dev qid[type version path] mode atime mtime length
+#: size type dev qid[type version path] mode atime mtime length
+_DIR_HEAD = struct.Struct("<HHIBIQIIIQ")
 _DIRU_TAIL = struct.Struct("<III")
 _U16 = struct.Struct("<H")
 
@@ -130,12 +153,13 @@ def encode_dir(d: Dir | DirU) -> bytes:
                           d.length) + body
 
 
-def decode_dir(body: bytes | memoryview, pos: int, end: int, dotu: bool) -> tuple[Dir | DirU, int]:
+def decode_dir(body: codec.Buffer, pos: int, end: int, dotu: bool) -> tuple[Dir | DirU, int]:
     """The stat at *pos*; ``(stat, position after it)``.  Raises ``ValueError``
     when it is malformed (its size[2] must cover exactly its fields)."""
     if pos + _DIR_HEAD.size > end:
         raise ValueError("truncated stat")
-    size, typ, dev, qtype, qver, qpath, mode, atime, mtime, length = _DIR_HEAD.unpack_from(body, pos)
+    (size, typ, dev, qtype, qver, qpath, mode, atime, mtime,
+     length) = _DIR_HEAD.unpack_from(body, pos)
     stop = pos + 2 + size
     if stop > end:
         raise ValueError("stat size runs past its message")
@@ -153,10 +177,10 @@ def decode_dir(body: bytes | memoryview, pos: int, end: int, dotu: bool) -> tupl
     if dotu:
         if at + _DIRU_TAIL.size > stop:
             raise ValueError("truncated stat")
-        result: Dir | DirU = DirU(*head, *strings, *_DIRU_TAIL.unpack_from(body, at))
+        result: Dir | DirU = DirU._make((*head, *strings, *_DIRU_TAIL.unpack_from(body, at)))
         at += _DIRU_TAIL.size
     else:
-        result = Dir(*head, *strings)
+        result = Dir._make((*head, *strings))
     if at != stop:
         raise ValueError(f"{stop - at} bytes of stat past its fields")
     return result, stop
@@ -175,10 +199,10 @@ def decode_dirs(data: bytes, dotu: bool) -> list[Dir | DirU]:
     return out
 
 
-def _nested_stat(dotu: bool) -> p.NestedCodec:
-    """n[2] + stat, for the message plans."""
+def _stat_wire(subcon: Any, dotu: bool) -> codec.Wire:
+    """n[2] + stat, as Rstat and Twstat carry it."""
 
-    def decode(body: bytes | memoryview, pos: int, end: int) -> tuple[Dir | DirU, int]:
+    def decode(body: codec.Buffer, pos: int, end: int) -> tuple[Dir | DirU, int]:
         if pos + 2 > end:
             raise ValueError("truncated stat")
         (n,) = _U16.unpack_from(body, pos)
@@ -193,95 +217,93 @@ def _nested_stat(dotu: bool) -> p.NestedCodec:
         raw = encode_dir(d)
         return _U16.pack(len(raw)) + raw  # struct.error past 65535 bytes, as strings
 
-    return p.NestedCodec(decode, encode)
+    return codec.Wire(subcon, decode=decode, encode=encode)
 
 
-p.register_nested(StatDir, _nested_stat(False))
-p.register_nested(StatDirU, _nested_stat(True))
+#: The wire types of the stat fields of Rstat/Twstat.
+Stat = Annotated[Dir, _stat_wire(StatDir, False)]
+StatU = Annotated[DirU, _stat_wire(StatDirU, True)]
 
 # --- messages --------------------------------------------------------------------------------
-# fmt: off
 
-@message(107, "ename" / String, "errno" / u32, table=None)
-class Rerror(NamedTuple):
-    ename: str
-    errno: int
 
-@message(107, "ename" / String, table=None)
-class RerrorPlain(NamedTuple):
-    ename: str
+class Rerror(p.Message, code=107, table=None):
+    ename: Str
+    errno: U32
 
-@message(102, "afid" / u32, "uname" / String, "aname" / String, table=None)
-class TauthPlain(NamedTuple):
-    afid: int
-    uname: str
-    aname: str
 
-@message(104, "fid" / u32, "afid" / u32, "uname" / String, "aname" / String, table=None)
-class TattachPlain(NamedTuple):
-    fid: int
-    afid: int
-    uname: str
-    aname: str
+class RerrorPlain(p.Message, code=107, table=None):
+    ename: Str
 
-@message(112, "fid" / u32, "mode" / u8, table=None)
-class Topen(NamedTuple):
-    fid: int
-    mode: int
 
-@message(113, "qid" / QidFormat, "iounit" / u32, table=None)
-class Ropen(NamedTuple):
-    qid: Qid
-    iounit: int
+class TauthPlain(p.Message, code=102, table=None):
+    afid: U32
+    uname: Str
+    aname: Str
 
-@message(114, "fid" / u32, "name" / String, "perm" / u32, "mode" / u8, "extension" / String,
-         table=None)
-class Tcreate(NamedTuple):
-    fid: int
-    name: str
-    perm: int
-    mode: int
-    extension: str
 
-@message(114, "fid" / u32, "name" / String, "perm" / u32, "mode" / u8, table=None)
-class TcreatePlain(NamedTuple):
-    fid: int
-    name: str
-    perm: int
-    mode: int
+class TattachPlain(p.Message, code=104, table=None):
+    fid: U32
+    afid: U32
+    uname: Str
+    aname: Str
 
-@message(115, "qid" / QidFormat, "iounit" / u32, table=None)
-class Rcreate(NamedTuple):
-    qid: Qid
-    iounit: int
 
-@message(124, "fid" / u32, table=None)
-class Tstat(NamedTuple):
-    fid: int
+class Topen(p.Message, code=112, table=None):
+    fid: U32
+    mode: U8
 
-@message(125, "stat" / StatDirU, table=None)
-class Rstat(NamedTuple):
-    stat: DirU
 
-@message(125, "stat" / StatDir, table=None)
-class RstatPlain(NamedTuple):
-    stat: Dir
+class Ropen(p.Message, code=113, table=None):
+    qid: QidField
+    iounit: U32
 
-@message(126, "fid" / u32, "stat" / StatDirU, table=None)
-class Twstat(NamedTuple):
-    fid: int
-    stat: DirU
 
-@message(126, "fid" / u32, "stat" / StatDir, table=None)
-class TwstatPlain(NamedTuple):
-    fid: int
-    stat: Dir
+class Tcreate(p.Message, code=114, table=None):
+    fid: U32
+    name: Str
+    perm: U32
+    mode: U8
+    extension: Str
 
-@message(127, table=None)
-class Rwstat(NamedTuple):
+
+class TcreatePlain(p.Message, code=114, table=None):
+    fid: U32
+    name: Str
+    perm: U32
+    mode: U8
+
+
+class Rcreate(p.Message, code=115, table=None):
+    qid: QidField
+    iounit: U32
+
+
+class Tstat(p.Message, code=124, table=None):
+    fid: U32
+
+
+class Rstat(p.Message, code=125, table=None):
+    stat: StatU
+
+
+class RstatPlain(p.Message, code=125, table=None):
+    stat: Stat
+
+
+class Twstat(p.Message, code=126, table=None):
+    fid: U32
+    stat: StatU
+
+
+class TwstatPlain(p.Message, code=126, table=None):
+    fid: U32
+    stat: Stat
+
+
+class Rwstat(p.Message, code=127, table=None):
     pass
 
-# fmt: on
 
 #: The messages all three dialects share, from the .L codec.
 _SHARED = (p.Tversion, p.Rversion, p.Rauth, p.Rattach, p.Tflush, p.Rflush, p.Twalk, p.Rwalk,
@@ -292,8 +314,8 @@ PLAIN_MESSAGES = _SHARED + (TauthPlain, TattachPlain, RerrorPlain, TcreatePlain,
                             TwstatPlain)
 
 
-def _table(classes: tuple[type, ...]) -> dict[int, p.MessageSpec]:
-    table = {cls.TYPE: cls.SPEC for cls in classes}  # type: ignore[attr-defined]
+def _table(classes: tuple[type[p.Message], ...]) -> dict[int, p.MessageSpec]:
+    table = {cls.TYPE: cls.SPEC for cls in classes}
     assert len(table) == len(classes), "two classes for one type code"
     return table
 

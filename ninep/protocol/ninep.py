@@ -1,29 +1,38 @@
 """Sans-IO codec for 9P2000.L: bytes <-> message tuples, in both directions.
 
-Every message is a ``NamedTuple`` subclass registered with its type code and a
-``construct`` wire format (compiled).  The server needs T-decode and R-encode;
-the test client needs the reverse; both use the same tables.  A class carries
-its own format and plan (``FMT``, ``PLAN``), so encoding needs no table; a
-:class:`MessageSet` (one per dialect: this module's :data:`DOTL`, and
-9P2000.u / 9P2000 in :mod:`ninep.protocol.dotu`) says which class a type code
-decodes to.
+Every message is a :class:`Message`: a class statement with its type code and
+fields annotated with wire types (``class Tclunk(Message, code=120): fid:
+U32``), which :mod:`ninep.protocol.codec` turns into a ``namedtuple`` with a
+struct plan (``LAYOUT``) and a compiled ``construct`` reference format
+(``SPEC.fmt``).  The server needs T-decode and R-encode; the test client needs
+the reverse; both use the same classes.  A class carries its own layout, so
+encoding needs no table; a :class:`MessageSet` (one per dialect: this
+module's :data:`DOTL`, and 9P2000.u / 9P2000 in :mod:`ninep.protocol.dotu`)
+says which class a type code decodes to.
 
 A frame is ``size[4] type[1] tag[2] body``.  :func:`decode` never raises
 anything but :class:`ProtocolError` for bad input: a wrong size, truncation,
 trailing bytes, a bad string length or an unknown type.
 
-The hottest fixed-layout messages also have a plain :mod:`struct` path
-(``FAST_*``); ``bench/`` measures both so the choice is made on data.
+:func:`decode_body` and :func:`encode_fast` use the struct plan;
+:func:`encode` and :func:`decode_body_construct` the construct reference (the
+hypothesis tests check that both agree).  The hottest fixed-layout messages
+also have hand-written :mod:`struct` paths (``FAST_*``); ``bench/`` measures
+them all so the choice is made on data.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable
-from typing import Any, ClassVar, NamedTuple
+import builtins
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, NamedTuple, Self
 
 import construct as cs
+
+from . import codec
+from .codec import U8, U16, U32, U64, Bytes32, Str
 
 # --- constants -----------------------------------------------------------------
 
@@ -132,29 +141,22 @@ class Qid(NamedTuple):
     path: int
 
 
-def _fsdecode(obj: bytes, ctx: Any) -> str:
-    return os.fsdecode(obj)
-
-
-def _fsencode(obj: str | bytes, ctx: Any) -> bytes:
-    return os.fsencode(obj)
-
-
-#: A 9P string: u16 length + bytes.  Decoded with surrogateescape so that
-#: non-UTF-8 host names round-trip, as the ``os`` module does.
-String = cs.ExprAdapter(cs.Prefixed(cs.Int16ul, cs.GreedyBytes), _fsdecode, _fsencode)
+u8, u16, u32, u64 = cs.Int8ul, cs.Int16ul, cs.Int32ul, cs.Int64ul
 QidFormat = cs.ExprAdapter(
-    cs.Struct("type" / cs.Int8ul, "version" / cs.Int32ul, "path" / cs.Int64ul),
+    cs.Struct("type" / u8, "version" / u32, "path" / u64),
     lambda obj, ctx: Qid(obj.type, obj.version, obj.path),
     lambda obj, ctx: {"type": obj[0], "version": obj[1], "path": obj[2]},
 )
 QID = struct.Struct("<BIQ")
-u8, u16, u32, u64 = cs.Int8ul, cs.Int16ul, cs.Int32ul, cs.Int64ul
-#: count[4] data[count].  Wrapped in an (identity) adapter so that it is parsed
-#: by the interpreter, not the compiler: compiled ``Prefixed`` does not check
-#: that *count* bytes are really there and would accept a short frame.
-Data = cs.ExprAdapter(cs.Prefixed(u32, cs.GreedyBytes), lambda obj, ctx: obj,
-                      lambda obj, ctx: obj)
+QID_WIRE = codec.record(Qid, QID.format, QidFormat)
+#: The ``construct`` references of a 9P string and of ``count[4] data[count]``.
+String = codec.STRING.subcon
+Data = codec.BYTES32.subcon
+
+#: The wire types of 9P fields beyond the integers, strings and data of :mod:`.codec`.
+QidField = Annotated[Qid, QID_WIRE]
+QidList = Annotated[list[Qid], codec.array(QID_WIRE)]
+StrList = Annotated[list[str], codec.array(codec.STRING)]
 
 
 # --- message registry -------------------------------------------------------------------
@@ -162,535 +164,387 @@ Data = cs.ExprAdapter(cs.Prefixed(u32, cs.GreedyBytes), lambda obj, ctx: obj,
 
 class MessageSpec(NamedTuple):
     type: int
-    cls: type
+    cls: builtins.type[Message]
     fmt: Any  # compiled construct
 
 
 BY_TYPE: dict[int, MessageSpec] = {}
 
 
-# --- plain-struct codec, derived from the same field lists -----------------------------------
-# construct's compiled parser costs 3-28 µs per message, most of a small
-# request's CPU (bench/micro.py); these plans do the same work with
-# struct.unpack_from in about a tenth of that.  The construct formats stay
-# the reference: the hypothesis tests check that both agree.
+class Message(metaclass=codec.TupleMessageMeta):
+    """Base of every 9P message, in every dialect.
 
-_U16 = struct.Struct("<H")
-_U32 = struct.Struct("<I")
+    A subclass declared with ``code=`` is the message of that type code: a
+    ``namedtuple`` of its annotated fields, added to *table* (the dialect
+    table it decodes from; 9P2000.L's by default, ``None``: the caller builds
+    its tables itself).  Its class attributes: ``TYPE``, ``LAYOUT`` (the
+    struct plan) and ``SPEC`` (type code, class and the compiled ``construct``
+    reference format).
+    """
 
-
-class NestedCodec(NamedTuple):
-    """The struct-plan codec of a compound field (a 9P stat): ``decode(body,
-    pos, end) -> (value, new pos)`` raising ``_Short``/``ValueError``, and
-    ``encode(value) -> bytes``."""
-
-    decode: Any
-    encode: Any
-
-
-#: id(construct of a compound field) -> its plan codec (see register_nested).
-_NESTED: dict[int, NestedCodec] = {}
-
-
-def register_nested(subcon: Any, codec: NestedCodec) -> None:
-    """Let message plans use *codec* wherever *subcon* appears as a field."""
-    _NESTED[id(subcon)] = codec
-
-
-# plan steps: (kind, struct / nested codec / None, number of message fields it covers)
-_Step = tuple[str, Any, int]
-
-
-def _plan_of(fmt: cs.Struct) -> list[_Step]:
-    """The steps that decode/encode *fmt*: runs of integers merged into one struct."""
-    steps: list[_Step] = []
-    run = ""
-
-    def flush() -> None:
-        nonlocal run
-        if run:
-            steps.append(("ints", struct.Struct("<" + run), len(run)))
-            run = ""
-
-    for field in fmt.subcons:
-        if not field.name:
-            continue  # Terminated
-        sub = field.subcon
-        if isinstance(sub, cs.FormatField):
-            run += sub.fmtstr[-1]
-            continue
-        flush()
-        if isinstance(sub, cs.FocusedSeq):  # PrefixedArray(u16, item)
-            item = next(sc for sc in sub.subcons if sc.name == "items").subcon.subcon
-            steps.append(("strs" if item is String else "qids", None, 1))
-        elif id(sub) in _NESTED:
-            steps.append(("nested", _NESTED[id(sub)], 1))
-        else:
-            steps.append(({id(String): "str", id(QidFormat): "qid", id(Data): "data"}[id(sub)], None, 1))
-    flush()
-    return steps
-
-
-class _Short(Exception):
-    """The body ended inside a field."""
-
-
-def _take(body: bytes | memoryview, pos: int, n: int, end: int) -> int:
-    if pos + n > end:
-        raise _Short
-    return pos + n
-
-
-def _decode_plan(plan: list[_Step], body: bytes | memoryview) -> list[Any]:
-    out: list[Any] = []
-    pos = 0
-    end = len(body)
-    for kind, st, _ in plan:
-        if kind == "ints":
-            nxt = _take(body, pos, st.size, end)  # type: ignore[union-attr]
-            out.extend(st.unpack_from(body, pos))  # type: ignore[union-attr]
-            pos = nxt
-        elif kind == "str":
-            value, pos = _decode_str(body, pos, end)
-            out.append(value)
-        elif kind == "qid":
-            nxt = _take(body, pos, QID.size, end)
-            out.append(Qid(*QID.unpack_from(body, pos)))
-            pos = nxt
-        elif kind == "data":
-            start = _take(body, pos, 4, end)
-            (count,) = _U32.unpack_from(body, pos)
-            pos = _take(body, start, count, end)
-            out.append(bytes(body[start:pos]))
-        elif kind == "nested":
-            value, pos = st.decode(body, pos, end)
-            out.append(value)
-        else:  # "strs" / "qids": u16 count, then the items
-            start = _take(body, pos, 2, end)
-            (count,) = _U16.unpack_from(body, pos)
-            pos = start
-            items: list[Any] = []
-            for _ in range(count):
-                if kind == "strs":
-                    value, pos = _decode_str(body, pos, end)
-                    items.append(value)
-                else:
-                    nxt = _take(body, pos, QID.size, end)
-                    items.append(Qid(*QID.unpack_from(body, pos)))
-                    pos = nxt
-            out.append(items)
-    if pos != end:
-        raise ValueError(f"{end - pos} trailing bytes")
-    return out
-
-
-def _decode_str(body: bytes | memoryview, pos: int, end: int) -> tuple[str, int]:
-    start = _take(body, pos, 2, end)
-    (length,) = _U16.unpack_from(body, pos)
-    stop = _take(body, start, length, end)
-    return os.fsdecode(bytes(body[start:stop])), stop
-
-
-def _encode_plan(plan: list[_Step], msg: Any) -> bytes:
-    parts: list[bytes] = []
-    i = 0
-    for kind, st, nfields in plan:
-        if kind == "ints":
-            parts.append(st.pack(*msg[i:i + nfields]))  # type: ignore[union-attr]
-        else:
-            value = msg[i]
-            if kind == "str":
-                parts.append(_encode_str(value))
-            elif kind == "qid":
-                parts.append(QID.pack(*value))
-            elif kind == "data":
-                parts.append(_U32.pack(len(value)))
-                parts.append(bytes(value))
-            elif kind == "nested":
-                parts.append(st.encode(value))
-            else:
-                parts.append(_U16.pack(len(value)))
-                parts.extend(_encode_str(v) if kind == "strs" else QID.pack(*v) for v in value)
-        i += nfields
-    return b"".join(parts)
-
-
-def _encode_str(value: str | bytes) -> bytes:
-    raw = os.fsencode(value)
-    return _U16.pack(len(raw)) + raw  # struct.error past 65535 bytes
-
-
-def message(code: int, *fields: Any, table: dict[int, MessageSpec] | None = BY_TYPE):
-    """Register a NamedTuple as message *code* whose body is *fields* in order.
-
-    *table* is the dialect table it decodes from (9P2000.L's by default;
-    ``None``: the caller adds it to its tables itself)."""
-
-    def register(cls: type) -> type:
-        fmt = cs.Struct(*fields, cs.Terminated)
-        names = [sc.name for sc in fmt.subcons if sc.name]
-        if tuple(names) != cls._fields:
-            raise TypeError(f"{cls.__name__}: fields {cls._fields} != wire {names}")
-        cls.TYPE = code
-        cls.SPEC = MessageSpec(code, cls, fmt.compile())
-        cls.PLAN = _plan_of(fmt)
-        if table is not None:
-            table[code] = cls.SPEC
-        return cls
-
-    return register
-
-
-class Message:
-    """Marker base documenting the class attributes every message carries."""
-
+    __slots__ = ()
     TYPE: ClassVar[int]
     SPEC: ClassVar[MessageSpec]
-    PLAN: ClassVar[list[_Step]]
+    LAYOUT: ClassVar[codec.Layout]
+
+    if TYPE_CHECKING:
+        # The tuple and namedtuple API, from the namedtuple base each message
+        # gets.  Declared rather than inherited from ``tuple`` so that fields
+        # may be named as 9P names them (``count``, shadowing ``tuple.count``).
+        _fields: ClassVar[tuple[str, ...]]
+
+        def __getitem__(self, index: Any) -> Any: ...
+
+        def __iter__(self) -> Iterator[Any]: ...
+
+        def __len__(self) -> int: ...
+
+        def _asdict(self) -> dict[str, Any]: ...
+
+        def _replace(self, **changes: Any) -> Self: ...
+
+        @classmethod
+        def _make(cls, iterable: Iterable[Any]) -> Self: ...
+
+    def __init_subclass__(cls, code: int, table: dict[int, MessageSpec] | None = BY_TYPE,
+                          **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.TYPE = code
+        cls.SPEC = MessageSpec(code, cls, cls.LAYOUT.construct)
+        if table is not None:
+            table[code] = cls.SPEC
 
 
-# Each NamedTuple below mirrors the 9P2000.L message of the same name.
-# fmt: off
+# Each class below mirrors the 9P2000.L message of the same name.
+class Rlerror(Message, code=7):
+    ecode: U32
 
-@message(7, "ecode" / u32)
-class Rlerror(NamedTuple):
-    ecode: int
 
-@message(8, "fid" / u32)
-class Tstatfs(NamedTuple):
-    fid: int
+class Tstatfs(Message, code=8):
+    fid: U32
 
-@message(9, "type" / u32, "bsize" / u32, "blocks" / u64, "bfree" / u64, "bavail" / u64,
-         "files" / u64, "ffree" / u64, "fsid" / u64, "namelen" / u32)
-class Rstatfs(NamedTuple):
-    type: int
-    bsize: int
-    blocks: int
-    bfree: int
-    bavail: int
-    files: int
-    ffree: int
-    fsid: int
-    namelen: int
 
-@message(12, "fid" / u32, "flags" / u32)
-class Tlopen(NamedTuple):
-    fid: int
-    flags: int
+class Rstatfs(Message, code=9):
+    type: U32
+    bsize: U32
+    blocks: U64
+    bfree: U64
+    bavail: U64
+    files: U64
+    ffree: U64
+    fsid: U64
+    namelen: U32
 
-@message(13, "qid" / QidFormat, "iounit" / u32)
-class Rlopen(NamedTuple):
-    qid: Qid
-    iounit: int
 
-@message(14, "fid" / u32, "name" / String, "flags" / u32, "mode" / u32, "gid" / u32)
-class Tlcreate(NamedTuple):
-    fid: int
-    name: str
-    flags: int
-    mode: int
-    gid: int
+class Tlopen(Message, code=12):
+    fid: U32
+    flags: U32
 
-@message(15, "qid" / QidFormat, "iounit" / u32)
-class Rlcreate(NamedTuple):
-    qid: Qid
-    iounit: int
 
-@message(16, "fid" / u32, "name" / String, "symtgt" / String, "gid" / u32)
-class Tsymlink(NamedTuple):
-    fid: int
-    name: str
-    symtgt: str
-    gid: int
+class Rlopen(Message, code=13):
+    qid: QidField
+    iounit: U32
 
-@message(17, "qid" / QidFormat)
-class Rsymlink(NamedTuple):
-    qid: Qid
 
-@message(18, "dfid" / u32, "name" / String, "mode" / u32, "major" / u32, "minor" / u32, "gid" / u32)
-class Tmknod(NamedTuple):
-    dfid: int
-    name: str
-    mode: int
-    major: int
-    minor: int
-    gid: int
+class Tlcreate(Message, code=14):
+    fid: U32
+    name: Str
+    flags: U32
+    mode: U32
+    gid: U32
 
-@message(19, "qid" / QidFormat)
-class Rmknod(NamedTuple):
-    qid: Qid
 
-@message(20, "fid" / u32, "dfid" / u32, "name" / String)
-class Trename(NamedTuple):
-    fid: int
-    dfid: int
-    name: str
+class Rlcreate(Message, code=15):
+    qid: QidField
+    iounit: U32
 
-@message(21)
-class Rrename(NamedTuple):
+
+class Tsymlink(Message, code=16):
+    fid: U32
+    name: Str
+    symtgt: Str
+    gid: U32
+
+
+class Rsymlink(Message, code=17):
+    qid: QidField
+
+
+class Tmknod(Message, code=18):
+    dfid: U32
+    name: Str
+    mode: U32
+    major: U32
+    minor: U32
+    gid: U32
+
+
+class Rmknod(Message, code=19):
+    qid: QidField
+
+
+class Trename(Message, code=20):
+    fid: U32
+    dfid: U32
+    name: Str
+
+
+class Rrename(Message, code=21):
     pass
 
-@message(22, "fid" / u32)
-class Treadlink(NamedTuple):
-    fid: int
 
-@message(23, "target" / String)
-class Rreadlink(NamedTuple):
-    target: str
+class Treadlink(Message, code=22):
+    fid: U32
 
-@message(24, "fid" / u32, "request_mask" / u64)
-class Tgetattr(NamedTuple):
-    fid: int
-    request_mask: int
 
-@message(25, "valid" / u64, "qid" / QidFormat, "mode" / u32, "uid" / u32, "gid" / u32,
-         "nlink" / u64, "rdev" / u64, "size" / u64, "blksize" / u64, "blocks" / u64,
-         "atime_sec" / u64, "atime_nsec" / u64, "mtime_sec" / u64, "mtime_nsec" / u64,
-         "ctime_sec" / u64, "ctime_nsec" / u64, "btime_sec" / u64, "btime_nsec" / u64,
-         "gen" / u64, "data_version" / u64)
-class Rgetattr(NamedTuple):
-    valid: int
-    qid: Qid
-    mode: int
-    uid: int
-    gid: int
-    nlink: int
-    rdev: int
-    size: int
-    blksize: int
-    blocks: int
-    atime_sec: int
-    atime_nsec: int
-    mtime_sec: int
-    mtime_nsec: int
-    ctime_sec: int
-    ctime_nsec: int
-    btime_sec: int
-    btime_nsec: int
-    gen: int
-    data_version: int
+class Rreadlink(Message, code=23):
+    target: Str
 
-@message(26, "fid" / u32, "valid" / u32, "mode" / u32, "uid" / u32, "gid" / u32, "size" / u64,
-         "atime_sec" / u64, "atime_nsec" / u64, "mtime_sec" / u64, "mtime_nsec" / u64)
-class Tsetattr(NamedTuple):
-    fid: int
-    valid: int
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    atime_sec: int
-    atime_nsec: int
-    mtime_sec: int
-    mtime_nsec: int
 
-@message(27)
-class Rsetattr(NamedTuple):
+class Tgetattr(Message, code=24):
+    fid: U32
+    request_mask: U64
+
+
+class Rgetattr(Message, code=25):
+    valid: U64
+    qid: QidField
+    mode: U32
+    uid: U32
+    gid: U32
+    nlink: U64
+    rdev: U64
+    size: U64
+    blksize: U64
+    blocks: U64
+    atime_sec: U64
+    atime_nsec: U64
+    mtime_sec: U64
+    mtime_nsec: U64
+    ctime_sec: U64
+    ctime_nsec: U64
+    btime_sec: U64
+    btime_nsec: U64
+    gen: U64
+    data_version: U64
+
+
+class Tsetattr(Message, code=26):
+    fid: U32
+    valid: U32
+    mode: U32
+    uid: U32
+    gid: U32
+    size: U64
+    atime_sec: U64
+    atime_nsec: U64
+    mtime_sec: U64
+    mtime_nsec: U64
+
+
+class Rsetattr(Message, code=27):
     pass
 
-@message(30, "fid" / u32, "newfid" / u32, "name" / String)
-class Txattrwalk(NamedTuple):
-    fid: int
-    newfid: int
-    name: str
 
-@message(31, "size" / u64)
-class Rxattrwalk(NamedTuple):
-    size: int
+class Txattrwalk(Message, code=30):
+    fid: U32
+    newfid: U32
+    name: Str
 
-@message(32, "fid" / u32, "name" / String, "attr_size" / u64, "flags" / u32)
-class Txattrcreate(NamedTuple):
-    fid: int
-    name: str
-    attr_size: int
-    flags: int
 
-@message(33)
-class Rxattrcreate(NamedTuple):
+class Rxattrwalk(Message, code=31):
+    size: U64
+
+
+class Txattrcreate(Message, code=32):
+    fid: U32
+    name: Str
+    attr_size: U64
+    flags: U32
+
+
+class Rxattrcreate(Message, code=33):
     pass
 
-@message(40, "fid" / u32, "offset" / u64, "count" / u32)
-class Treaddir(NamedTuple):
-    fid: int
-    offset: int
-    count: int
 
-@message(41, "data" / Data)
-class Rreaddir(NamedTuple):
-    data: bytes
+class Treaddir(Message, code=40):
+    fid: U32
+    offset: U64
+    count: U32
 
-@message(50, "fid" / u32, "datasync" / u32)
-class Tfsync(NamedTuple):
-    fid: int
-    datasync: int
 
-@message(51)
-class Rfsync(NamedTuple):
+class Rreaddir(Message, code=41):
+    data: Bytes32
+
+
+class Tfsync(Message, code=50):
+    fid: U32
+    datasync: U32
+
+
+class Rfsync(Message, code=51):
     pass
 
-@message(52, "fid" / u32, "type" / u8, "flags" / u32, "start" / u64, "length" / u64,
-         "proc_id" / u32, "client_id" / String)
-class Tlock(NamedTuple):
-    fid: int
-    type: int
-    flags: int
-    start: int
-    length: int
-    proc_id: int
-    client_id: str
 
-@message(53, "status" / u8)
-class Rlock(NamedTuple):
-    status: int
+class Tlock(Message, code=52):
+    fid: U32
+    type: U8
+    flags: U32
+    start: U64
+    length: U64
+    proc_id: U32
+    client_id: Str
 
-@message(54, "fid" / u32, "type" / u8, "start" / u64, "length" / u64, "proc_id" / u32,
-         "client_id" / String)
-class Tgetlock(NamedTuple):
-    fid: int
-    type: int
-    start: int
-    length: int
-    proc_id: int
-    client_id: str
 
-@message(55, "type" / u8, "start" / u64, "length" / u64, "proc_id" / u32, "client_id" / String)
-class Rgetlock(NamedTuple):
-    type: int
-    start: int
-    length: int
-    proc_id: int
-    client_id: str
+class Rlock(Message, code=53):
+    status: U8
 
-@message(70, "dfid" / u32, "fid" / u32, "name" / String)
-class Tlink(NamedTuple):
-    dfid: int
-    fid: int
-    name: str
 
-@message(71)
-class Rlink(NamedTuple):
+class Tgetlock(Message, code=54):
+    fid: U32
+    type: U8
+    start: U64
+    length: U64
+    proc_id: U32
+    client_id: Str
+
+
+class Rgetlock(Message, code=55):
+    type: U8
+    start: U64
+    length: U64
+    proc_id: U32
+    client_id: Str
+
+
+class Tlink(Message, code=70):
+    dfid: U32
+    fid: U32
+    name: Str
+
+
+class Rlink(Message, code=71):
     pass
 
-@message(72, "dfid" / u32, "name" / String, "mode" / u32, "gid" / u32)
-class Tmkdir(NamedTuple):
-    dfid: int
-    name: str
-    mode: int
-    gid: int
 
-@message(73, "qid" / QidFormat)
-class Rmkdir(NamedTuple):
-    qid: Qid
+class Tmkdir(Message, code=72):
+    dfid: U32
+    name: Str
+    mode: U32
+    gid: U32
 
-@message(74, "olddirfid" / u32, "oldname" / String, "newdirfid" / u32, "newname" / String)
-class Trenameat(NamedTuple):
-    olddirfid: int
-    oldname: str
-    newdirfid: int
-    newname: str
 
-@message(75)
-class Rrenameat(NamedTuple):
+class Rmkdir(Message, code=73):
+    qid: QidField
+
+
+class Trenameat(Message, code=74):
+    olddirfid: U32
+    oldname: Str
+    newdirfid: U32
+    newname: Str
+
+
+class Rrenameat(Message, code=75):
     pass
 
-@message(76, "dirfid" / u32, "name" / String, "flags" / u32)
-class Tunlinkat(NamedTuple):
-    dirfid: int
-    name: str
-    flags: int
 
-@message(77)
-class Runlinkat(NamedTuple):
+class Tunlinkat(Message, code=76):
+    dirfid: U32
+    name: Str
+    flags: U32
+
+
+class Runlinkat(Message, code=77):
     pass
 
-@message(100, "msize" / u32, "version" / String)
-class Tversion(NamedTuple):
-    msize: int
-    version: str
 
-@message(101, "msize" / u32, "version" / String)
-class Rversion(NamedTuple):
-    msize: int
-    version: str
+class Tversion(Message, code=100):
+    msize: U32
+    version: Str
 
-@message(102, "afid" / u32, "uname" / String, "aname" / String, "n_uname" / u32)
-class Tauth(NamedTuple):
-    afid: int
-    uname: str
-    aname: str
-    n_uname: int
 
-@message(103, "aqid" / QidFormat)
-class Rauth(NamedTuple):
-    aqid: Qid
+class Rversion(Message, code=101):
+    msize: U32
+    version: Str
 
-@message(104, "fid" / u32, "afid" / u32, "uname" / String, "aname" / String, "n_uname" / u32)
-class Tattach(NamedTuple):
-    fid: int
-    afid: int
-    uname: str
-    aname: str
-    n_uname: int
 
-@message(105, "qid" / QidFormat)
-class Rattach(NamedTuple):
-    qid: Qid
+class Tauth(Message, code=102):
+    afid: U32
+    uname: Str
+    aname: Str
+    n_uname: U32
 
-@message(108, "oldtag" / u16)
-class Tflush(NamedTuple):
-    oldtag: int
 
-@message(109)
-class Rflush(NamedTuple):
+class Rauth(Message, code=103):
+    aqid: QidField
+
+
+class Tattach(Message, code=104):
+    fid: U32
+    afid: U32
+    uname: Str
+    aname: Str
+    n_uname: U32
+
+
+class Rattach(Message, code=105):
+    qid: QidField
+
+
+class Tflush(Message, code=108):
+    oldtag: U16
+
+
+class Rflush(Message, code=109):
     pass
 
-@message(110, "fid" / u32, "newfid" / u32, "wnames" / cs.PrefixedArray(u16, String))
-class Twalk(NamedTuple):
-    fid: int
-    newfid: int
-    wnames: list[str]
 
-@message(111, "wqids" / cs.PrefixedArray(u16, QidFormat))
-class Rwalk(NamedTuple):
-    wqids: list[Qid]
+class Twalk(Message, code=110):
+    fid: U32
+    newfid: U32
+    wnames: StrList
 
-@message(116, "fid" / u32, "offset" / u64, "count" / u32)
-class Tread(NamedTuple):
-    fid: int
-    offset: int
-    count: int
 
-@message(117, "data" / Data)
-class Rread(NamedTuple):
-    data: bytes
+class Rwalk(Message, code=111):
+    wqids: QidList
 
-@message(118, "fid" / u32, "offset" / u64, "data" / Data)
-class Twrite(NamedTuple):
-    fid: int
-    offset: int
-    data: bytes
 
-@message(119, "count" / u32)
-class Rwrite(NamedTuple):
-    count: int
+class Tread(Message, code=116):
+    fid: U32
+    offset: U64
+    count: U32
 
-@message(120, "fid" / u32)
-class Tclunk(NamedTuple):
-    fid: int
 
-@message(121)
-class Rclunk(NamedTuple):
+class Rread(Message, code=117):
+    data: Bytes32
+
+
+class Twrite(Message, code=118):
+    fid: U32
+    offset: U64
+    data: Bytes32
+
+
+class Rwrite(Message, code=119):
+    count: U32
+
+
+class Tclunk(Message, code=120):
+    fid: U32
+
+
+class Rclunk(Message, code=121):
     pass
 
-@message(122, "fid" / u32)
-class Tremove(NamedTuple):
-    fid: int
 
-@message(123)
-class Rremove(NamedTuple):
+class Tremove(Message, code=122):
+    fid: U32
+
+
+class Rremove(Message, code=123):
     pass
 
-# fmt: on
 
 NAMES: dict[int, str] = {code: spec.cls.__name__ for code, spec in BY_TYPE.items()}
 
@@ -724,11 +578,16 @@ def decode_body(msgtype: int, body: bytes | memoryview, tag: int | None = None,
         raise ProtocolError(f"unknown message type {msgtype}", tag, msgtype)
     cls = spec.cls
     try:
-        return cls(*_decode_plan(cls.PLAN, body))
-    except _Short:
+        return _tuple_new(cls, cls.LAYOUT.decode(body))
+    except codec.Short:
         raise ProtocolError(f"malformed {cls.__name__}: truncated", tag, msgtype) from None
     except ValueError as exc:
         raise ProtocolError(f"malformed {cls.__name__}: {exc}", tag, msgtype) from None
+
+
+#: Makes a message from its decoded values without the per-field ``__new__``
+#: (the layout yields exactly one value per field).
+_tuple_new: Callable[[type, Iterable[Any]], Any] = tuple.__new__
 
 
 def decode_body_construct(msgtype: int, body: bytes | memoryview, tag: int | None = None,
@@ -834,7 +693,7 @@ def encode_fast(msg: Any, tag: int) -> bytes:
         return FAST_U32_REPLY.pack(11, t, tag, msg[0])
     if not msg._fields:
         return FAST_EMPTY_REPLY.pack(7, t, tag)
-    body = _encode_plan(msg.PLAN, msg)
+    body = msg.LAYOUT.encode(msg)
     return HEADER.pack(HEADER_SIZE + len(body), t, tag) + body
 
 

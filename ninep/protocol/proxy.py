@@ -14,6 +14,11 @@ is what every x86 and aarch64 QEMU sends.  Payload fields are ``b`` u8, ``w``
 u16, ``d`` u32, ``q`` u64 and ``s`` (u16 length + bytes, no terminator).
 ``size`` never exceeds :data:`PROXY_MAX_IO_SZ`.
 
+Each message is a frozen dataclass declared on the message base of
+:mod:`ninep.protocol.codec`, as 9P's are: its fields' wire types (``U32``,
+``S64``, ``Bytes16`` for ``s`` ...) are its layout, and give QEMU's format
+string (``FORMAT``), which the tests compare with QEMU's.
+
 Replies
 -------
 * ``T_OPEN``/``T_CREATE``: no frame, just 4 bytes.  They hold
@@ -44,16 +49,16 @@ raises it too.
 
 from __future__ import annotations
 
-import dataclasses
+import operator
 import os
 import struct
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from enum import IntEnum
-from typing import ClassVar, Iterator, Union
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
-from construct import (Bytes, Check, Compiled, Int16ul, Int32sl, Int32ul, Int64sl, Int64ul,
-                       Rebuild, Struct, Terminated, len_, this)
+from . import codec
+from .codec import S32, S64, U32, U64, Bytes16
 
 __all__ = [
     "PROXY_HDR_SZ", "PROXY_MAX_IO_SZ", "V9FS_FD_VALID", "ProxyType",
@@ -133,349 +138,258 @@ class ProxyProtocolError(ValueError):
     """The bytes are not a valid proxy-protocol message (or a value cannot be encoded)."""
 
 
-# --- construct building blocks ------------------------------------------------
-
 _HEADER = struct.Struct("<II")  # type, size
-
-def _s(name: str) -> tuple:
-    """A ``s`` field: u16 length, then that many bytes.
-
-    Spelled as length + ``Bytes`` + ``Check`` rather than ``Prefixed`` because
-    construct's compiled ``Prefixed``/``Bytes`` silently accept a short read;
-    the ``Check`` turns a truncated string into an error.
-    """
-    ln = f"_{name}_len"
-    return (ln / Rebuild(Int16ul, len_(this[name])),
-            name / Bytes(this[ln]),
-            Check(len_(this[name]) == this[ln]))
-
-
-def _layout(*fields) -> Compiled:
-    flat = []
-    for f in fields:
-        flat.extend(f if isinstance(f, tuple) else (f,))
-    return Struct(*flat, Terminated).compile()
-
-
-def _u32(name):
-    return name / Int32ul
-
-
-def _s32(name):
-    return name / Int32sl
-
-
-def _u64(name):
-    return name / Int64ul
-
-
-def _s64(name):
-    return name / Int64sl
 
 
 # --- messages --------------------------------------------------------------------
 
-class _Message:
-    """Base of every message dataclass: a layout and its QEMU format string."""
+#: QEMU's proxy_marshal format character of each integer wire type.
+_QEMU_INT_CODES = {"B": "b", "H": "w", "I": "d", "i": "d", "Q": "q", "q": "q"}
 
-    TYPE: ClassVar[int | None]  # request type; None for replies (framed as T_SUCCESS/T_ERROR)
-    FORMAT: ClassVar[str]  # QEMU's proxy_marshal format string, for reference and tests
-    _LAYOUT: ClassVar[Compiled]
+
+class _Message(metaclass=codec.RecordMessageMeta):
+    """Base of every message: a frozen dataclass of wire-typed fields.
+
+    A subclass declared with ``code=`` is a message: its request type, or None
+    for a reply (framed as T_SUCCESS/T_ERROR).  The field annotations give the
+    layout (``LAYOUT``, :mod:`ninep.protocol.codec`) and from it QEMU's format
+    string (``FORMAT``), which the tests compare with QEMU's.
+    """
+
+    __slots__ = ()
+    TYPE: ClassVar[int | None]
+    FORMAT: ClassVar[str]  # QEMU's proxy_marshal format string
+    LAYOUT: ClassVar[codec.Layout]
     _FIELDS: ClassVar[tuple[str, ...]]
+    #: The field values in order (an ``attrgetter``: faster than a comprehension).
+    _VALUES: ClassVar[Callable[[Any], tuple[Any, ...]]]
+    __dataclass_fields__: ClassVar[dict[str, Any]]  # set by the dataclass each message is
 
-    #: The layout as runs: a ``struct.Struct`` for consecutive integers, or
-    #: None for one ``s`` string.  The codec works on these (construct's
-    #: parse/build cost ~15 µs a message, which every round trip pays twice
-    #: on each side); _LAYOUT is the same layout, kept as the specification.
-    _RUNS: ClassVar[tuple[tuple[struct.Struct | None, int], ...]]
+    def __init_subclass__(cls, code: int | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "LAYOUT" not in vars(cls):  # declared without code=: a base, not a message
+            return
+        cls.TYPE = code
+        cls._FIELDS = cls.LAYOUT.names
+        get = operator.attrgetter(*cls._FIELDS)
+        cls._VALUES = get if len(cls._FIELDS) > 1 else lambda msg: (get(msg),)
+        cls.FORMAT = "".join("s" if wire is codec.BYTES16 else _QEMU_INT_CODES[wire.code]
+                             for wire in cls.LAYOUT.wires)
 
     def _payload(self) -> bytes:
-        values = [getattr(self, f) for f in self._FIELDS]
-        out = []
-        i = 0
         try:
-            for run, count in self._RUNS:
-                if run is None:
-                    value = values[i]
-                    if not isinstance(value, (bytes, bytearray, memoryview)):
-                        raise TypeError(f"{self._FIELDS[i]} must be bytes")
-                    out.append(_U16.pack(len(value)))
-                    out.append(bytes(value))
-                else:
-                    out.append(run.pack(*values[i:i + count]))
-                i += count
+            return self.LAYOUT.encode(type(self)._VALUES(self))
         except (struct.error, TypeError) as e:  # out of range, wrong type, string too long
             raise ProxyProtocolError(f"cannot encode {type(self).__name__}: {e}") from None
-        return b"".join(out)
 
     @classmethod
-    def _from_payload(cls, payload: bytes):
-        values: list = []
-        pos = 0
+    def _from_payload(cls, payload: bytes) -> Self:
         try:
-            for run, _ in cls._RUNS:
-                if run is None:
-                    (length,) = _U16.unpack_from(payload, pos)
-                    pos += 2
-                    if pos + length > len(payload):
-                        raise struct.error("truncated string")
-                    values.append(bytes(payload[pos:pos + length]))
-                    pos += length
-                else:
-                    values.extend(run.unpack_from(payload, pos))
-                    pos += run.size
-            if pos != len(payload):
-                raise struct.error("trailing bytes")
-        except struct.error as e:
-            raise ProxyProtocolError(f"malformed {cls.__name__} payload ({len(payload)} bytes): "
-                                     f"{e}") from None
-        return cls(*values)
-
-
-_U16 = struct.Struct("<H")
-_INT_CODES = {Int16ul: "H", Int32ul: "I", Int32sl: "i", Int64ul: "Q", Int64sl: "q"}
-
-
-def _runs(fields) -> tuple[tuple[struct.Struct | None, int], ...]:
-    """The struct runs of a layout given as _message's *fields*."""
-    runs: list[tuple[struct.Struct | None, int]] = []
-    codes = ""
-    for f in fields:
-        if isinstance(f, tuple):  # an ``s`` field
-            if codes:
-                runs.append((struct.Struct("<" + codes), len(codes)))
-                codes = ""
-            runs.append((None, 1))
+            values = cls.LAYOUT.decode(payload)
+        except codec.Short:
+            problem = "truncated"
+        except ValueError as e:
+            problem = str(e)
         else:
-            codes += _INT_CODES[f.subcon]
-    if codes:
-        runs.append((struct.Struct("<" + codes), len(codes)))
-    return tuple(runs)
+            return cls(*values)
+        raise ProxyProtocolError(f"malformed {cls.__name__} payload ({len(payload)} bytes): "
+                                 f"{problem}")
 
 
-def _message(type_: int | None, fmt: str, *fields):
-    """Class decorator: attach TYPE, FORMAT, the compiled layout and its struct runs."""
-    layout = _layout(*fields)
+class _RequestMessage(_Message):
+    """A request: framed with its own type."""
 
-    def wrap(cls):
-        cls = dataclass(frozen=True, slots=True)(cls)
-        cls.TYPE = type_
-        cls.FORMAT = fmt
-        cls._LAYOUT = layout
-        cls._RUNS = _runs(fields)
-        cls._FIELDS = tuple(f.name for f in dataclasses.fields(cls))
-        return cls
-    return wrap
+    __slots__ = ()
+    TYPE: ClassVar[ProxyType]
+
+
+class _ReplyMessage(_Message):
+    """A reply: framed as T_SUCCESS/T_ERROR, or not at all (:class:`FdReply`)."""
+
+    __slots__ = ()
+    TYPE: ClassVar[None]
 
 
 # Requests.  Field order is exactly QEMU's v9fs_request() marshal order.
 
-@_message(T_OPEN, "sd", _s("path"), _u32("flags"))
-class Open(_Message):
-    path: bytes
-    flags: int
+class Open(_RequestMessage, code=T_OPEN):
+    path: Bytes16
+    flags: U32
 
 
-@_message(T_CREATE, "sdddd", _s("path"), _u32("flags"), _u32("mode"), _u32("uid"), _u32("gid"))
-class Create(_Message):
-    path: bytes
-    flags: int
-    mode: int
-    uid: int
-    gid: int
+class Create(_RequestMessage, code=T_CREATE):
+    path: Bytes16
+    flags: U32
+    mode: U32
+    uid: U32
+    gid: U32
 
 
-@_message(T_MKNOD, "ddsdq", _u32("uid"), _u32("gid"), _s("path"), _u32("mode"), _u64("rdev"))
-class Mknod(_Message):
-    uid: int
-    gid: int
-    path: bytes
-    mode: int
-    rdev: int
+class Mknod(_RequestMessage, code=T_MKNOD):
+    uid: U32
+    gid: U32
+    path: Bytes16
+    mode: U32
+    rdev: U64
 
 
-@_message(T_MKDIR, "ddsd", _u32("uid"), _u32("gid"), _s("path"), _u32("mode"))
-class Mkdir(_Message):
-    uid: int
-    gid: int
-    path: bytes
-    mode: int
+class Mkdir(_RequestMessage, code=T_MKDIR):
+    uid: U32
+    gid: U32
+    path: Bytes16
+    mode: U32
 
 
-@_message(T_SYMLINK, "ddss", _u32("uid"), _u32("gid"), _s("target"), _s("path"))
-class Symlink(_Message):
+class Symlink(_RequestMessage, code=T_SYMLINK):
     """Create *path* as a symlink whose content is *target* (QEMU's "oldpath")."""
-    uid: int
-    gid: int
-    target: bytes
-    path: bytes
+    uid: U32
+    gid: U32
+    target: Bytes16
+    path: Bytes16
 
 
-@_message(T_LINK, "ss", _s("oldpath"), _s("newpath"))
-class Link(_Message):
-    oldpath: bytes
-    newpath: bytes
+class Link(_RequestMessage, code=T_LINK):
+    oldpath: Bytes16
+    newpath: Bytes16
 
 
-@_message(T_LSTAT, "s", _s("path"))
-class Lstat(_Message):
-    path: bytes
+class Lstat(_RequestMessage, code=T_LSTAT):
+    path: Bytes16
 
 
-@_message(T_READLINK, "sd", _s("path"), _u32("size"))
-class Readlink(_Message):
+class Readlink(_RequestMessage, code=T_READLINK):
     """*size* is the caller's buffer size; the helper returns at most size-1 bytes."""
-    path: bytes
-    size: int
+    path: Bytes16
+    size: U32
 
 
-@_message(T_STATFS, "s", _s("path"))
-class Statfs(_Message):
-    path: bytes
+class Statfs(_RequestMessage, code=T_STATFS):
+    path: Bytes16
 
 
-@_message(T_CHMOD, "sd", _s("path"), _u32("mode"))
-class Chmod(_Message):
-    path: bytes
-    mode: int
+class Chmod(_RequestMessage, code=T_CHMOD):
+    path: Bytes16
+    mode: U32
 
 
-@_message(T_CHOWN, "sdd", _s("path"), _u32("uid"), _u32("gid"))
-class Chown(_Message):
-    path: bytes
-    uid: int
-    gid: int
+class Chown(_RequestMessage, code=T_CHOWN):
+    path: Bytes16
+    uid: U32
+    gid: U32
 
 
-@_message(T_TRUNCATE, "sq", _s("path"), _u64("length"))
-class Truncate(_Message):
-    path: bytes
-    length: int
+class Truncate(_RequestMessage, code=T_TRUNCATE):
+    path: Bytes16
+    length: U64
 
 
-@_message(T_UTIME, "sqqqq", _s("path"), _s64("atime_sec"), _s64("atime_nsec"),
-          _s64("mtime_sec"), _s64("mtime_nsec"))
-class Utime(_Message):
+class Utime(_RequestMessage, code=T_UTIME):
     """utimensat(path, {atime, mtime}, AT_SYMLINK_NOFOLLOW); nsec may be UTIME_NOW/UTIME_OMIT.
 
     Note: QEMU's 9p-proxy.c client (up to at least 7.2) marshals
     ``atime_sec, mtime_nsec, mtime_sec, mtime_nsec`` here by mistake; the
     helper reads the fields in the order below.
     """
-    path: bytes
-    atime_sec: int
-    atime_nsec: int
-    mtime_sec: int
-    mtime_nsec: int
+    path: Bytes16
+    atime_sec: S64
+    atime_nsec: S64
+    mtime_sec: S64
+    mtime_nsec: S64
 
 
-@_message(T_RENAME, "ss", _s("oldpath"), _s("newpath"))
-class Rename(_Message):
-    oldpath: bytes
-    newpath: bytes
+class Rename(_RequestMessage, code=T_RENAME):
+    oldpath: Bytes16
+    newpath: Bytes16
 
 
-@_message(T_REMOVE, "s", _s("path"))
-class Remove(_Message):
-    path: bytes
+class Remove(_RequestMessage, code=T_REMOVE):
+    path: Bytes16
 
 
-@_message(T_LGETXATTR, "dss", _u32("size"), _s("path"), _s("name"))
-class Lgetxattr(_Message):
+class Lgetxattr(_RequestMessage, code=T_LGETXATTR):
     """size 0 asks for the value's length (a Status reply); otherwise an XattrReply."""
-    size: int
-    path: bytes
-    name: bytes
+    size: U32
+    path: Bytes16
+    name: Bytes16
 
 
-@_message(T_LLISTXATTR, "ds", _u32("size"), _s("path"))
-class Llistxattr(_Message):
+class Llistxattr(_RequestMessage, code=T_LLISTXATTR):
     """size 0 asks for the list's length (a Status reply); otherwise an XattrReply."""
-    size: int
-    path: bytes
+    size: U32
+    path: Bytes16
 
 
-@_message(T_LSETXATTR, "sssdd", _s("path"), _s("name"), _s("value"), _u32("size"), _u32("flags"))
-class Lsetxattr(_Message):
-    path: bytes
-    name: bytes
-    value: bytes
-    size: int
-    flags: int
+class Lsetxattr(_RequestMessage, code=T_LSETXATTR):
+    path: Bytes16
+    name: Bytes16
+    value: Bytes16
+    size: U32
+    flags: U32
 
 
-@_message(T_LREMOVEXATTR, "ss", _s("path"), _s("name"))
-class Lremovexattr(_Message):
-    path: bytes
-    name: bytes
+class Lremovexattr(_RequestMessage, code=T_LREMOVEXATTR):
+    path: Bytes16
+    name: Bytes16
 
 
-@_message(T_GETVERSION, "s", _s("path"))
-class Getversion(_Message):
-    path: bytes
+class Getversion(_RequestMessage, code=T_GETVERSION):
+    path: Bytes16
 
 
-Request = Union[Open, Create, Mknod, Mkdir, Symlink, Link, Lstat, Readlink, Statfs, Chmod, Chown,
-                Truncate, Utime, Rename, Remove, Lgetxattr, Llistxattr, Lsetxattr, Lremovexattr,
-                Getversion]
+Request = (Open | Create | Mknod | Mkdir | Symlink | Link | Lstat | Readlink | Statfs | Chmod
+           | Chown | Truncate | Utime | Rename | Remove | Lgetxattr | Llistxattr | Lsetxattr
+           | Lremovexattr | Getversion)
 
 #: type number -> request class
-REQUEST_CLASSES: dict[int, type] = {c.TYPE: c for c in (
+REQUEST_CLASSES: dict[int, type[Request]] = {c.TYPE: c for c in (
     Open, Create, Mknod, Mkdir, Symlink, Link, Lstat, Readlink, Statfs, Chmod, Chown, Truncate,
     Utime, Rename, Remove, Lgetxattr, Llistxattr, Lsetxattr, Lremovexattr, Getversion)}
 
 
 # Replies.
 
-@_message(None, "d", _s32("status"))
-class Status(_Message):
+class Status(_ReplyMessage, code=None):
     """A ``d`` status: ``-errno`` (sent as T_ERROR) or a value ``>= 0`` (T_SUCCESS)."""
-    status: int
+    status: S32
 
     @property
     def ok(self) -> bool:
         return self.status >= 0
 
 
-@_message(None, "d", _s32("status"))
-class FdReply(_Message):
+class FdReply(_ReplyMessage, code=None):
     """The 4 unframed bytes answering T_OPEN/T_CREATE.
 
     ``status == V9FS_FD_VALID`` means an fd came as SCM_RIGHTS ancillary data
     with these bytes; otherwise it is ``-errno`` and no fd came.
     """
-    status: int
+    status: S32
 
     @property
     def has_fd(self) -> bool:
         return self.status == V9FS_FD_VALID
 
 
-@_message(None, "qqqdddqqqqqqqqqq",
-          _u64("st_dev"), _u64("st_ino"), _u64("st_nlink"), _u32("st_mode"), _u32("st_uid"),
-          _u32("st_gid"), _u64("st_rdev"), _u64("st_size"), _u64("st_blksize"),
-          _u64("st_blocks"), _s64("st_atim_sec"), _s64("st_atim_nsec"), _s64("st_mtim_sec"),
-          _s64("st_mtim_nsec"), _s64("st_ctim_sec"), _s64("st_ctim_nsec"))
-class ProxyStat(_Message):
-    st_dev: int
-    st_ino: int
-    st_nlink: int
-    st_mode: int
-    st_uid: int
-    st_gid: int
-    st_rdev: int
-    st_size: int
-    st_blksize: int
-    st_blocks: int
-    st_atim_sec: int
-    st_atim_nsec: int
-    st_mtim_sec: int
-    st_mtim_nsec: int
-    st_ctim_sec: int
-    st_ctim_nsec: int
+class ProxyStat(_ReplyMessage, code=None):
+    st_dev: U64
+    st_ino: U64
+    st_nlink: U64
+    st_mode: U32
+    st_uid: U32
+    st_gid: U32
+    st_rdev: U64
+    st_size: U64
+    st_blksize: U64
+    st_blocks: U64
+    st_atim_sec: S64
+    st_atim_nsec: S64
+    st_mtim_sec: S64
+    st_mtim_nsec: S64
+    st_ctim_sec: S64
+    st_ctim_nsec: S64
 
     @classmethod
-    def from_stat(cls, st: os.stat_result) -> "ProxyStat":
+    def from_stat(cls, st: os.stat_result) -> ProxyStat:
         a = divmod(st.st_atime_ns, 1_000_000_000)
         m = divmod(st.st_mtime_ns, 1_000_000_000)
         c = divmod(st.st_ctime_ns, 1_000_000_000)
@@ -484,42 +398,35 @@ class ProxyStat(_Message):
                    a[0], a[1], m[0], m[1], c[0], c[1])
 
 
-@_message(None, "qqqqqqqqqqq",
-          _u64("f_type"), _u64("f_bsize"), _u64("f_blocks"), _u64("f_bfree"), _u64("f_bavail"),
-          _u64("f_files"), _u64("f_ffree"), _u64("f_fsid0"), _u64("f_fsid1"), _u64("f_namelen"),
-          _u64("f_frsize"))
-class ProxyStatFS(_Message):
+class ProxyStatFS(_ReplyMessage, code=None):
     """statfs(2) result.  The fsid halves are C ints widened to u64 (sign-extended)."""
-    f_type: int
-    f_bsize: int
-    f_blocks: int
-    f_bfree: int
-    f_bavail: int
-    f_files: int
-    f_ffree: int
-    f_fsid0: int
-    f_fsid1: int
-    f_namelen: int
-    f_frsize: int
+    f_type: U64
+    f_bsize: U64
+    f_blocks: U64
+    f_bfree: U64
+    f_bavail: U64
+    f_files: U64
+    f_ffree: U64
+    f_fsid0: U64
+    f_fsid1: U64
+    f_namelen: U64
+    f_frsize: U64
 
 
-@_message(None, "s", _s("target"))
-class ReadlinkReply(_Message):
-    target: bytes
+class ReadlinkReply(_ReplyMessage, code=None):
+    target: Bytes16
 
 
-@_message(None, "s", _s("value"))
-class XattrReply(_Message):
+class XattrReply(_ReplyMessage, code=None):
     """Value of T_LGETXATTR, or the NUL-separated name list of T_LLISTXATTR."""
-    value: bytes
+    value: Bytes16
 
 
-@_message(None, "q", _u64("version"))
-class VersionReply(_Message):
-    version: int
+class VersionReply(_ReplyMessage, code=None):
+    version: U64
 
 
-Reply = Union[Status, FdReply, ProxyStat, ProxyStatFS, ReadlinkReply, XattrReply, VersionReply]
+Reply = Status | FdReply | ProxyStat | ProxyStatFS | ReadlinkReply | XattrReply | VersionReply
 
 
 class ReplyKind(IntEnum):
@@ -530,8 +437,9 @@ class ReplyKind(IntEnum):
 
 _STATUS_TYPES = frozenset({T_MKNOD, T_MKDIR, T_SYMLINK, T_LINK, T_CHMOD, T_CHOWN, T_TRUNCATE,
                            T_UTIME, T_RENAME, T_REMOVE, T_LSETXATTR, T_LREMOVEXATTR})
-_RESPONSE_CLASS = {T_LSTAT: ProxyStat, T_STATFS: ProxyStatFS, T_READLINK: ReadlinkReply,
-                   T_GETVERSION: VersionReply, T_LGETXATTR: XattrReply, T_LLISTXATTR: XattrReply}
+_RESPONSE_CLASS: dict[int, type[Reply]] = {
+    T_LSTAT: ProxyStat, T_STATFS: ProxyStatFS, T_READLINK: ReadlinkReply,
+    T_GETVERSION: VersionReply, T_LGETXATTR: XattrReply, T_LLISTXATTR: XattrReply}
 
 
 def reply_kind(request: Request) -> ReplyKind:
@@ -541,7 +449,7 @@ def reply_kind(request: Request) -> ReplyKind:
         return ReplyKind.FD
     if t in _STATUS_TYPES:
         return ReplyKind.STATUS
-    if t in (T_LGETXATTR, T_LLISTXATTR) and request.size == 0:
+    if isinstance(request, (Lgetxattr, Llistxattr)) and request.size == 0:
         return ReplyKind.STATUS
     return ReplyKind.RESPONSE
 
@@ -582,6 +490,10 @@ _REPLY_CLASS_SET = frozenset({Status, FdReply, ProxyStat, ProxyStatFS, ReadlinkR
                               XattrReply, VersionReply})
 
 
+#: What a frame decoder yields: requests (the helper's side) or replies.
+_Decoded = TypeVar("_Decoded", Request, Reply)
+
+
 # --- decoding ----------------------------------------------------------------------
 
 def decode_header(data: bytes | bytearray | memoryview) -> tuple[int, int]:
@@ -619,7 +531,7 @@ def decode_reply(request: Request, type_: int, payload: bytes) -> Reply:
     return _RESPONSE_CLASS[request.TYPE]._from_payload(payload)
 
 
-class _FrameDecoder:
+class _FrameDecoder(Generic[_Decoded]):
     """Accumulates bytes; subclasses turn complete frames into messages."""
 
     def __init__(self) -> None:
@@ -635,7 +547,7 @@ class _FrameDecoder:
         """Bytes buffered but not yet part of a returned message."""
         return len(self._buf)
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator[_Decoded]:
         """Every complete message now buffered."""
         while (m := self.next_message()) is not None:
             yield m
@@ -663,7 +575,11 @@ class _FrameDecoder:
         return type_, payload
 
     def _check_type(self, type_: int) -> None:  # pragma: no cover - overridden
-        pass
+        """Fail on a frame type this side never receives."""
+
+    def next_message(self) -> _Decoded | None:  # pragma: no cover - overridden
+        """The next complete message, or None until more bytes arrive."""
+        raise NotImplementedError
 
     def needed(self) -> int:
         """Bytes still missing for the next message (>= 1), for exact-size blocking reads."""
@@ -673,7 +589,7 @@ class _FrameDecoder:
         return max(1, PROXY_HDR_SZ + min(size, PROXY_MAX_IO_SZ) - len(self._buf))
 
 
-class RequestDecoder(_FrameDecoder):
+class RequestDecoder(_FrameDecoder[Request]):
     """Helper side: bytes from the client in, :data:`Request` objects out.
 
     >>> d = RequestDecoder(); d.feed(encode_request(Lstat(b"a")))
@@ -699,7 +615,7 @@ class RequestDecoder(_FrameDecoder):
             raise
 
 
-class ReplyDecoder(_FrameDecoder):
+class ReplyDecoder(_FrameDecoder[Reply]):
     """Client side: call :meth:`expect` with each request sent, feed the bytes
     received, get :data:`Reply` objects out in order.
 
@@ -710,7 +626,7 @@ class ReplyDecoder(_FrameDecoder):
 
     def __init__(self) -> None:
         super().__init__()
-        self._expected: deque = deque()
+        self._expected: deque[Request] = deque()
 
     def expect(self, request: Request) -> None:
         """Register *request* as sent; its reply is the next one after those pending."""

@@ -110,7 +110,7 @@ class Stats:
                "Time from a request's arrival to its reply.")
         for name, s in ops:
             cumulative = 0
-            for bound, n in zip((*map(repr, BUCKETS_S), "+Inf"), s.buckets):
+            for bound, n in zip((*map(repr, BUCKETS_S), "+Inf"), s.buckets, strict=True):
                 cumulative += n
                 out.append(f'ninep_request_duration_seconds_bucket{{op="{name}",le="{bound}"}} '
                            f"{cumulative}")

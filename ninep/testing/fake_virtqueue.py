@@ -276,7 +276,8 @@ class DriverQueue:
     # --- requests -------------------------------------------------------------------------
 
     def add_chain(self, out: Sequence[bytes | memoryview], in_sizes: Sequence[int], *,
-                  indirect: bool = True, publish: bool = True, scattered: bool = False) -> PendingRequest:
+                  indirect: bool = True, publish: bool = True,
+                  scattered: bool = False) -> PendingRequest:
         """Copy *out* segments into guest RAM, reserve *in_sizes*, make one chain available.
 
         Buffers are allocated one after another, so the device may see them as one
@@ -294,7 +295,8 @@ class DriverQueue:
             gpa = self.ram.alloc(n + gap, 8)
             self.ram.fill(gpa, n, 0xA5)  # stale bytes a bogus length would expose
             in_buffers.append((gpa, n))
-        segs = [(g, n, 0) for g, n in out_buffers] + [(g, n, VIRTQ_DESC_F_WRITE) for g, n in in_buffers]
+        segs = ([(g, n, 0) for g, n in out_buffers]
+                + [(g, n, VIRTQ_DESC_F_WRITE) for g, n in in_buffers])
         if indirect:
             head = self._take_heads(1)[0]
             table = (self.ram.alloc(16 * len(segs), 16), 16 * len(segs))
@@ -469,7 +471,8 @@ class VirtioNinePDriver:
         """The decoded reply of a submitted request (Rlerror included)."""
         length = await self.driver.wait(req, timeout)
         if length > req.in_capacity:
-            raise AssertionError(f"used length {length} exceeds the {req.in_capacity} writable bytes")
+            raise AssertionError(f"used length {length} exceeds the {req.in_capacity} "
+                                 "writable bytes")
         size = struct.unpack_from("<I", req.data)[0] if length >= 4 else -1
         if size != length:
             raise AssertionError(f"used length {length} but the reply says {size} bytes")
@@ -527,7 +530,8 @@ class VirtioNinePDriver:
     async def write(self, fid: int, offset: int, data: bytes) -> int:
         """A zero-copy style Twrite: the 23-byte header segment, then pages (scattered)."""
         reply = await self.rpc(p.Twrite(fid, offset, data),
-                               out_sizes=split_sizes(23 + len(data), 23), reply_size=64, scattered=True)
+                               out_sizes=split_sizes(23 + len(data), 23), reply_size=64,
+                               scattered=True)
         return reply.count
 
     async def readdir(self, fid: int, offset: int, count: int,

@@ -54,7 +54,7 @@ class MetricsServer:
 
     def __init__(self, render: Callable[[], str]) -> None:
         self._render = render
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._unix_path: str | None = None
 
     async def start(self, address: ListenAddress, *, serving: bool = True) -> None:
@@ -93,7 +93,8 @@ class MetricsServer:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _READ_TIMEOUT)
             status, body = self._answer(head.split(b"\r\n", 1)[0])
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ConnectionError):
             status, body = "400 Bad Request", "expected GET /metrics\n"
         data = body.encode()
         writer.write(f"HTTP/1.0 {status}\r\nContent-Type: {CONTENT_TYPE}\r\n"

@@ -320,7 +320,7 @@ class SplitVirtqueue:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     def halt(self) -> None:
@@ -486,7 +486,8 @@ class SplitVirtqueue:
                 out = readable
                 out_bytes += length
             if length:
-                if run is not None and addr == run_end and out is run_out and addr + length <= region_end:
+                if (run is not None and addr == run_end and out is run_out
+                        and addr + length <= region_end):
                     run_hi += length
                     run_end += length
                 else:
