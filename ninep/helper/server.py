@@ -42,6 +42,7 @@ import stat
 import threading
 from contextlib import contextmanager
 from collections.abc import Callable
+from typing import Any
 
 from ninep import syscalls
 from ninep.protocol import proxy as P
@@ -303,7 +304,7 @@ class Connection:
         self.export = export
         self.log = log
         self.id = next(self._ids)
-        self._ops = {
+        self._ops: dict[int, Callable[[Any], Any]] = {
             P.T_OPEN: self.op_open, P.T_CREATE: self.op_create, P.T_MKNOD: self.op_mknod,
             P.T_MKDIR: self.op_mkdir, P.T_SYMLINK: self.op_symlink, P.T_LINK: self.op_link,
             P.T_LSTAT: self.op_lstat, P.T_READLINK: self.op_readlink, P.T_STATFS: self.op_statfs,

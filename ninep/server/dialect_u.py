@@ -127,14 +127,14 @@ class Dialect9P2000:
 
     # --- session messages: the .L ones, with n_uname where plain 9P2000 has none ------
 
-    async def _Tauth(self, msg: Any) -> Any:
-        if not self.dotu:
-            msg = p.Tauth(*msg, p.NOFID)
+    async def _Tauth(self, msg: p.Tauth | u.TauthPlain) -> Any:
+        if isinstance(msg, u.TauthPlain):
+            msg = p.Tauth(msg.afid, msg.uname, msg.aname, p.NOFID)
         return await self.session._Tauth(msg)
 
-    async def _Tattach(self, msg: Any) -> p.Rattach:
-        if not self.dotu:
-            msg = p.Tattach(*msg, p.NOFID)
+    async def _Tattach(self, msg: p.Tattach | u.TattachPlain) -> p.Rattach:
+        if isinstance(msg, u.TattachPlain):
+            msg = p.Tattach(msg.fid, msg.afid, msg.uname, msg.aname, p.NOFID)
         return await self.session._Tattach(msg)
 
     async def _Twalk(self, msg: p.Twalk) -> p.Rwalk:
@@ -268,7 +268,7 @@ class Dialect9P2000:
             raise OSError(errno.EINVAL, "xattr fid")
         with fid.held():
             d = await self.stat_of(fid, fid.path[-1] if fid.path else "/")
-        return u.Rstat(d) if self.dotu else u.RstatPlain(d)
+        return u.Rstat(d) if isinstance(d, u.DirU) else u.RstatPlain(d)
 
     async def _Twstat(self, msg: Any) -> u.Rwstat:
         """Change what the stat does not leave alone (all ones, or an empty
