@@ -119,11 +119,8 @@ def _ninep(target: Target, export: Path, sockdir: Path, log: Path, qemu: str | N
     else:
         listen = ["--listen", f"unix:{sock}"]
     # --backend proxy without --proxy-socket spawns ninep's own helper (the default set-up).
-    env = dict(os.environ)
-    if target.pythonpath:
-        env["PYTHONPATH"] = target.pythonpath
-    elif target.backend == FLOOR or trace is not None:
-        env["PYTHONPATH"] = str(REPO)
+    # This tree (or the --ab tree), never whatever ninep happens to be installed.
+    env = dict(os.environ, PYTHONPATH=target.pythonpath or str(REPO))
     with open(log, "ab") as logf:
         proc = subprocess.Popen(ninep_command(target, export, listen, trace), stdin=subprocess.DEVNULL,
                                 stdout=logf, stderr=subprocess.STDOUT, cwd=sockdir, env=env)
