@@ -7,7 +7,8 @@ virtqueue).  Everything that knows a byte offset inside a frame lives here,
 sans-IO, so that neither the transports nor the dispatcher reads one
 itself: the size prefix and the tags a stream needs to cut frames and drop a
 flushed one, the header the dispatcher routes by, and the fixed heads of the
-hot requests (Tread, Twrite) and of Rread, which is written in place.
+hot requests (Tread, Twrite) and of Rread, which is written in place, and
+what the statistics read off a reply on its way out.
 """
 
 from __future__ import annotations
@@ -106,3 +107,19 @@ def finish_rread(reply: Segments, tag: int, count: int) -> int:
     scatter(reply, encode_rread_header(tag, count))
     return IOHDRSZ_REPLY + count
 
+
+
+# --- a reply on its way out, for counting (server/stats.py) --------------------------------
+
+def reply_type(frame: bytes | bytearray | memoryview) -> int:
+    return frame[_TYPE_OFFSET]
+
+
+def reply_word(frame: bytes | bytearray | memoryview) -> int:
+    """The u32 that opens a reply's body: Rlerror's ecode, Rwrite's count."""
+    return int.from_bytes(frame[HEADER_SIZE:HEADER_SIZE + 4], "little")
+
+
+def rread_count(length: int) -> int:
+    """The data bytes in an Rread frame *length* bytes long."""
+    return length - IOHDRSZ_REPLY

@@ -16,6 +16,7 @@ import time
 from bisect import bisect_left
 from typing import TYPE_CHECKING
 
+from ..protocol import framing
 from ..protocol import ninep as p
 from .sink import ReplySink
 
@@ -153,15 +154,15 @@ class _CountingSink(ReplySink):
         op.buckets[bisect_left(_BUCKETS_NS, elapsed)] += 1
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
-        kind = data[4]
+        kind = framing.reply_type(data)
         if kind == _RLERROR:
-            code = int.from_bytes(data[7:11], "little")
+            code = framing.reply_word(data)
             errors = self._op.errors
             errors[code] = errors.get(code, 0) + 1
         elif kind == _RWRITE:
-            self._stats.bytes_written += int.from_bytes(data[7:11], "little")
+            self._stats.bytes_written += framing.reply_word(data)
         elif kind == _RREAD:
-            self._stats.bytes_read += len(data) - p.IOHDRSZ_REPLY
+            self._stats.bytes_read += framing.rread_count(len(data))
         self._done()
         self._sink.send(data)
 
@@ -170,7 +171,7 @@ class _CountingSink(ReplySink):
 
     def commit(self, length: int) -> None:
         # Only Rread is built in reserved buffers.
-        self._stats.bytes_read += length - p.IOHDRSZ_REPLY
+        self._stats.bytes_read += framing.rread_count(length)
         self._done()
         self._sink.commit(length)
 

@@ -29,7 +29,8 @@ def _reads_frame_bytes(tree: ast.AST) -> list[str]:
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) \
-                and node.value.id in ("frame", "tflush", "head", "body", "request", "buf"):
+                and node.value.id in ("frame", "tflush", "head", "body", "request", "buf",
+                                   "data", "reply"):
             index = node.slice
             parts = [index.lower, index.upper] if isinstance(index, ast.Slice) else [index]
             if any(isinstance(x, ast.Constant) and isinstance(x.value, int) for x in parts):
