@@ -2,8 +2,9 @@
 
 ninep runs as uid 65534 with --security-model mapped-xattr: the namespace
 sandbox goes through a user namespace, capabilities are the user's (none),
-the seccomp filter is loaded. The guest mounts over trans=fd and the whole
-POSIX smoke must pass, xattrs and locks included.
+the seccomp filter is loaded. The guest mounts over trans=fd, and over
+vhost-user (QEMU 10.2, as root, attaching to the user's socket), and the
+whole POSIX smoke must pass, xattrs and locks included.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from ninep.testing.process import serving_pid
-from tests.e2e.guest import SMOKE_GROUPS, FdSocketShare, GuestImage, run_smoke, wait_for_listener
-from tests.e2e.servers import stop
+from tests.e2e.guest import (SMOKE_GROUPS, FdSocketShare, GuestImage, Share, VhostUserShare,
+                             run_smoke, wait_for_listener)
+from tests.e2e.servers import require_vhost_qemu, stop
 from tests.sandbox.conftest import NORMAL_UID, as_normal_user
 
 pytestmark = [pytest.mark.e2e,
@@ -40,21 +42,31 @@ def user_dirs() -> Iterator[tuple[Path, Path]]:
     shutil.rmtree(top, ignore_errors=True)
 
 
+@pytest.mark.parametrize("transport", ["fd", "vhost"])
 def test_smoke_passes_when_a_normal_user_serves(e2e_image: GuestImage,
                                                  user_dirs: tuple[Path, Path],
-                                                 tmp_path: Path) -> None:
+                                                 tmp_path: Path, transport: str) -> None:
     export, socks = user_dirs
     sock = str(socks / "ninep.sock")
     log = tmp_path / "ninep.log"
+    share: Share
+    if transport == "vhost":
+        require_vhost_qemu()
+        listen = ["--socket-path", sock, "--tag", "ninep0"]
+        share = VhostUserShare(sock, tag="ninep0")
+    else:
+        listen = ["--listen", f"unix:{sock}"]
+        share = FdSocketShare(sock)
     with open(log, "wb") as logf:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ninep", "--export", str(export), "--listen", f"unix:{sock}",
+            [sys.executable, "-m", "ninep", "--export", str(export), *listen,
              "--security-model", "mapped-xattr"],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
             preexec_fn=as_normal_user)
     try:
+        # vhost-user: QEMU's connection must be the first one, so no probe.
         wait_for_listener(sock, proc=proc, probe=False)
-        res = run_smoke(FdSocketShare(sock), nfiles=500, image=e2e_image, timeout=1500)
+        res = run_smoke(share, nfiles=500, image=e2e_image, timeout=1500)
         status = Path(f"/proc/{serving_pid(proc.pid)}/status").read_text()
     finally:
         stop(proc)
