@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 from .. import syscalls as sc
 from .caps import limit_capabilities
+from .seccomp import allow_list_filter
 
 #: What the supervisor forwards; SIGHUP arrives as SIGTERM, since pid 1
 #: ignores a signal it has no handler for, and the server handles SIGTERM.
@@ -65,14 +66,7 @@ def _confine_supervisor(seccomp_mode: str) -> None:
 
 def supervisor_filter(mode: str) -> Any:
     """The supervisor's allow-list (``kill`` or ``log`` for anything else)."""
-    import pyseccomp as sc_filter
-
-    f = sc_filter.SyscallFilter(sc_filter.KILL_PROCESS if mode == "kill" else sc_filter.LOG)
-    for name in SUPERVISOR_SYSCALLS:
-        number = sc_filter.resolve_syscall(sc_filter.Arch.NATIVE, name)
-        if number != -1:
-            f.add_rule(sc_filter.ALLOW, number)
-    return f
+    return allow_list_filter(mode, SUPERVISOR_SYSCALLS)
 
 
 def _wait_forwarding(child: int) -> int:

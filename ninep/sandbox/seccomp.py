@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Iterable
 from typing import Any
 
 SECCOMP_CHOICES = ("kill", "log", "none")
@@ -66,16 +67,25 @@ TIOCSTI = 0x5412
 CLONE_THREAD = 0x10000
 
 
-def build_filter(mode: str) -> Any:
-    """The filter for *mode* (``kill`` or ``log``), not yet loaded (``.load()``)."""
+def allow_list_filter(mode: str, names: Iterable[str]) -> Any:
+    """A filter allowing the calls *names* (those this architecture has) and,
+    for anything else, *mode*: ``kill`` the process or ``log`` it.  Not yet
+    loaded (``.load()``)."""
     import pyseccomp as sc  # libseccomp is loaded here, before the sandbox hides it
 
-    default = sc.KILL_PROCESS if mode == "kill" else sc.LOG
-    f = sc.SyscallFilter(default)
-    for name in ALLOWED:
+    f = sc.SyscallFilter(sc.KILL_PROCESS if mode == "kill" else sc.LOG)
+    for name in names:
         number = sc.resolve_syscall(sc.Arch.NATIVE, name)
         if number != -1:  # not a call this architecture has
             f.add_rule(sc.ALLOW, number)
+    return f
+
+
+def build_filter(mode: str) -> Any:
+    """The server's filter for *mode* (``kill`` or ``log``), not yet loaded (``.load()``)."""
+    import pyseccomp as sc
+
+    f = allow_list_filter(mode, ALLOWED)
     # New sockets: Unix ones only (the proxy back end's helper connections).
     f.add_rule(sc.ALLOW, "socket", sc.Arg(0, sc.EQ, socket.AF_UNIX))
     # Threads, not processes: clone only with CLONE_THREAD; glibc falls back
@@ -111,4 +121,4 @@ def refuse_io_uring() -> None:
     f.load()
 
 
-__all__ = ["ALLOWED", "SECCOMP_CHOICES", "build_filter", "refuse_io_uring"]
+__all__ = ["ALLOWED", "SECCOMP_CHOICES", "allow_list_filter", "build_filter", "refuse_io_uring"]
