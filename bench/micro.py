@@ -45,7 +45,7 @@ from bench.cpu import process_cpu_seconds  # noqa: E402
 from ninep.client import Client  # noqa: E402
 from ninep.protocol import ninep as p  # noqa: E402
 from ninep.testing.fake_virtqueue import split_sizes  # noqa: E402
-from ninep.testing.process import serving_pid, stop_process  # noqa: E402
+from ninep.testing.process import stop_process  # noqa: E402
 from ninep.testing.vhost_frontend import VhostUserGuest  # noqa: E402
 
 KIB = 1024
@@ -204,10 +204,9 @@ async def measure_server(export: Path, work: Path, n: int, reps: int,
             for rep in range(reps):
                 for ops, proc in transports if rep % 2 == 0 else transports[::-1]:
                     run = await batch(ops, what, count, rng)
-                    pid = serving_pid(proc.pid)  # not a --pid-namespace supervisor
-                    c0, t0 = process_cpu_seconds(pid), time.perf_counter()
+                    c0, t0 = process_cpu_seconds(proc.pid), time.perf_counter()
                     await run()
-                    c1, t1 = process_cpu_seconds(pid), time.perf_counter()
+                    c1, t1 = process_cpu_seconds(proc.pid), time.perf_counter()
                     cell = results.setdefault(ops.name, {})
                     cell.setdefault(what, []).append((c1 - c0) / count * 1e6)
                     cell.setdefault(what + " wall", []).append((t1 - t0) / count * 1e6)
